@@ -1,0 +1,1 @@
+"""Command-line front end of steu-patch, installed as ``steu_patch_cli``."""
