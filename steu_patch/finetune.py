@@ -136,13 +136,13 @@ def _read_prepared_rows(
     missing = [name for name in PREPARED_COLUMNS if name not in (reader.fieldnames or [])]
     if missing:
         raise DataError(
-            f"{source} lacks the column(s) {', '.join(missing)}; found {reader.fieldnames}. "
-            f"Expected the columns {', '.join(PREPARED_COLUMNS)}."
+            f"{source} is missing the column(s) {', '.join(missing)}. Its columns are {reader.fieldnames}, "
+            f"but a prepared file needs {', '.join(PREPARED_COLUMNS)}."
         )
     for line_number, row in enumerate(reader, start=2):
         split = row["split"]
         if split not in SPLITS:
-            raise DataError(f"{source} line {line_number}: unknown split {split!r}; valid splits: {', '.join(SPLITS)}.")
+            raise DataError(f"{source} line {line_number}: unknown split {split!r}. Valid splits: {', '.join(SPLITS)}.")
         if not row["text"] or not row["label"]:
             raise DataError(f"{source} line {line_number}: empty text or label. Remove the row or fill it in.")
         texts, labels = columns.setdefault(split, ([], []))
@@ -257,38 +257,41 @@ def predict_labels(
 
 def _check_options(epochs: float, learning_rate: float, batch_size: int, max_length: int) -> None:
     if not (isinstance(epochs, (int, float)) and math.isfinite(epochs) and epochs > 0):
-        raise ValueError(f"Invalid epochs {epochs!r}; pass a positive number such as 3 or 0.5.")
+        raise ValueError(f"Invalid epochs {epochs!r}. Pass a positive number such as 3 or 0.5.")
     if not (isinstance(learning_rate, (int, float)) and math.isfinite(learning_rate) and learning_rate > 0):
-        raise ValueError(f"Invalid learning_rate {learning_rate!r}; pass a positive number such as 5e-5.")
+        raise ValueError(f"Invalid learning_rate {learning_rate!r}. Pass a positive number such as 5e-5.")
     if not (isinstance(batch_size, int) and batch_size > 0):
-        raise ValueError(f"Invalid batch_size {batch_size!r}; pass a positive integer such as 16.")
+        raise ValueError(f"Invalid batch_size {batch_size!r}. Pass a positive integer such as 16.")
     if not (isinstance(max_length, int) and max_length > 1):
-        raise ValueError(f"Invalid max_length {max_length!r}; pass an integer of at least 2 such as 256.")
+        raise ValueError(f"Invalid max_length {max_length!r}. Pass an integer of at least 2 such as 256.")
 
 
 def _check_labeled_texts(
     kind: str, texts: Sequence[str], labels: Sequence[int], label_names: Sequence[str]
 ) -> None:
     if len(label_names) < 2:
-        raise DataError(f"A classifier needs at least 2 label names; got {list(label_names)!r}.")
+        raise DataError(f"A classifier needs at least 2 label names, but got {list(label_names)!r}.")
     if len(set(label_names)) != len(label_names):
         repeated = sorted({name for name in label_names if list(label_names).count(name) > 1})
-        raise DataError(f"Label names must be unique; repeated: {repeated}.")
+        raise DataError(f"Label names must be unique, but these repeat: {repeated}.")
     if len(texts) == 0:
-        raise DataError(f"No {kind} texts given; pass at least one text with its label.")
+        raise DataError(f"No {kind} texts given. Pass at least one text with its label.")
     if len(texts) != len(labels):
-        raise DataError(f"Got {len(texts)} {kind} texts but {len(labels)} labels; pass one label per text.")
+        raise DataError(f"Got {len(texts)} {kind} texts but {len(labels)} labels. Pass one label per text.")
+    for index, text in enumerate(texts):
+        if not isinstance(text, str):
+            raise DataError(f"{kind.capitalize()} text at position {index} is {type(text).__name__}, not str. Pass strings.")
     for index, label in enumerate(labels):
         if isinstance(label, bool) or not isinstance(label, int) or not 0 <= label < len(label_names):
             raise LabelError(
-                f"{kind.capitalize()} label {label!r} at position {index} is not a class index; "
-                f"valid indices are 0 to {len(label_names) - 1} for {list(label_names)}."
+                f"{kind.capitalize()} label {label!r} at position {index} is not a class index. "
+                f"Valid indices are 0 to {len(label_names) - 1} for {list(label_names)}."
             )
 
 
 def _check_output_dir(output_dir: Path, overwrite: bool) -> None:
     if output_dir.exists() and not output_dir.is_dir():
-        raise FileExistsError(f"Output path {output_dir} exists and is not a directory; choose another output_dir.")
+        raise FileExistsError(f"Output path {output_dir} exists and is not a directory. Choose another output_dir.")
     if output_dir.is_dir() and any(output_dir.iterdir()) and not overwrite:
         raise FileExistsError(
             f"Output directory {output_dir} already exists and is not empty. "
@@ -321,7 +324,7 @@ def _clamp_max_length(max_length: int, tokenizer: PreTrainedTokenizerBase, model
         limits.append(positions)
     clamped = min(limits)
     if clamped < max_length:
-        logger.warning("max_length %d exceeds the model limit; using %d", max_length, clamped)
+        logger.warning("max_length %d exceeds the limit of the tokenizer or model, so %d is used", max_length, clamped)
     return clamped
 
 
