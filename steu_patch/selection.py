@@ -34,7 +34,7 @@ from .errors import DataError
 
 logger = logging.getLogger(__name__)
 
-# Documents whose presence matrix select_tokens holds in memory at once.
+# Number of documents per presence matrix that select_tokens builds and sums at a time.
 _COUNT_CHUNK_DOCUMENTS = 1024
 
 
@@ -125,7 +125,7 @@ def document_token_matrix(
             add_special_tokens=True,
             truncation=max_length is not None,
             max_length=max_length,
-            verbose=False,  # whole documents may exceed the model's length; only counts are needed
+            verbose=False,  # silences the warning for documents longer than the model's maximum length
         )
         id_lists = encoded["input_ids"]
 
