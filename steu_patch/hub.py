@@ -233,6 +233,8 @@ def push_patch(
     manifest without token strings.
 
     Args:
+        private: create the repository as private. Without it the request names no visibility, so the
+            Hub's default applies (public unless the organization defaults to private).
         token: Hub token; by default the one from ``HF_TOKEN`` or ``hf auth login``.
         api: client to use (tests pass one with a local ``endpoint``); a new ``HfApi`` by default.
 
