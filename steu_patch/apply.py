@@ -37,7 +37,9 @@ def get_chain(config: Any) -> list[dict[str, Any]]:
 
 def _describe(entry: Mapping[str, Any]) -> str:
     classes = ", ".join(entry.get("forget_classes", [])) or "?"
-    return f"patch {entry['patch_id'][:12]} (forgets {classes})"
+    # A patch gets its id when saved, so an applied but unsaved patch records None.
+    name = f"patch {entry['patch_id'][:12]}" if entry.get("patch_id") else "an unsaved patch"
+    return f"{name} (forgets {classes})"
 
 
 def check_chain_for_apply(patch: ForgetPatch, chain: Sequence[Mapping[str, Any]]) -> None:
@@ -96,7 +98,8 @@ def check_fingerprint(patch: ForgetPatch, current: TouchedValues, embedding_shap
             f"The model does not match the patch's base model: fingerprint {actual} but the patch expects "
             f"{patch.fingerprint} (base {patch.manifest['base_model'].get('name_or_path')!r}; differing: "
             f"{'; '.join(changed) or 'none'}). Apply the patch to the model it was created on, or pass --force "
-            "(force=True) to overwrite these values anyway; a forced patch can still be reverted."
+            "(force=True) to overwrite these values anyway. Reverting a forced patch writes the patch's recorded "
+            "original values, not this model's current ones."
         )
 
 
@@ -181,7 +184,7 @@ def apply_patch(model: nn.Module, patch: ForgetPatch, *, force: bool = False) ->
         check_chain_for_apply(patch, chain)
         check_fingerprint(patch, current, patch.embedding_shape, patch.dtype)
     elif compute_fingerprint(patch.token_ids, current, patch.embedding_shape, patch.dtype) != patch.fingerprint:
-        logger.warning("Forcing patch %s onto a model whose fingerprint differs from its base.", patch.patch_id[:12])
+        logger.warning("Forcing %s onto a model whose fingerprint differs from its base.", _describe(chain_entry(patch)))
 
     _write(model, patch, patch.new_values())
     if config is not None:
