@@ -316,8 +316,8 @@ def adapter_weight_keys(embedding_module: str, head_module: str, head_parameters
 def adapter_config(patch: ForgetPatch) -> dict[str, Any]:
     """Return the ``adapter_config.json`` content that makes stock PEFT load the patch.
 
-    The head is listed in ``modules_to_save``: a config without it would make PEFT load the head
-    weights straight into the base model with only a warning, and ``unload()`` could not undo it.
+    The head is listed in ``modules_to_save``: without it, peft 0.21 loads the head weights
+    straight into the base model without any warning, and ``unload()`` cannot undo it.
     """
     from peft import LoraConfig
 
@@ -493,7 +493,50 @@ def _read_manifest(patch_dir: Path) -> dict[str, Any]:
     fingerprint = manifest["base_fingerprint"]
     if not isinstance(fingerprint, dict) or fingerprint.get("dtype") not in _DTYPES:
         raise PatchFormatError(f"Manifest {path} has an invalid base_fingerprint {fingerprint!r}.")
+    invalid = [f"{key} (expected {expected})" for key, expected in _MANIFEST_TYPES.items() if not _has_type(manifest, key)]
+    if invalid:
+        raise PatchFormatError(f"Manifest {path} has invalid field(s) {'; '.join(invalid)}; the patch is corrupt.")
     return manifest
+
+
+# Expected JSON shape of the manifest fields that loading and applying read.
+_MANIFEST_TYPES = {
+    "base_model": "an object",
+    "base_fingerprint": 'an object with a string "sha256" and a two-integer "embedding_shape"',
+    "id2label": "an object",
+    "forget_classes": "a list of strings",
+    "embedding_module": "a string",
+    "head_module": "a string",
+    "head_parameters": "a non-empty list of strings",
+    "tokens": 'a list of objects with an integer "id"',
+    "files": "an object",
+    "parent_patches": 'a list of objects with a string "patch_id"',
+}
+
+
+def _has_type(manifest: Mapping[str, Any], key: str) -> bool:
+    value = manifest.get(key, [] if key == "parent_patches" else None)
+    if key == "base_fingerprint":
+        shape = value.get("embedding_shape")
+        valid_shape = isinstance(shape, list) and len(shape) == 2 and all(_is_int(size) for size in shape)
+        return isinstance(value.get("sha256"), str) and valid_shape
+    if key in ("base_model", "id2label", "files"):
+        return isinstance(value, dict)
+    if key in ("embedding_module", "head_module"):
+        return isinstance(value, str)
+    if key == "tokens":
+        return _is_list_of(value, lambda token: isinstance(token, dict) and _is_int(token.get("id")))
+    if key == "parent_patches":
+        return _is_list_of(value, lambda parent: isinstance(parent, dict) and isinstance(parent.get("patch_id"), str))
+    return _is_list_of(value, lambda item: isinstance(item, str)) and (key != "head_parameters" or bool(value))
+
+
+def _is_list_of(value: Any, check: Callable[[Any], bool]) -> bool:
+    return isinstance(value, list) and all(check(item) for item in value)
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def _check_file_hashes(patch_dir: Path, manifest: Mapping[str, Any]) -> None:
