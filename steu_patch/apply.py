@@ -113,7 +113,8 @@ def check_compatible(patch: ForgetPatch, embedding_shape: Sequence[int], dtype: 
     if dtype != patch.dtype:
         raise PatchFormatError(
             f"The model is {dtype_name(dtype)} but the patch holds {dtype_name(patch.dtype)} values; bit-exact "
-            f"apply and revert need the same dtype. Load the model with torch_dtype=torch.{dtype_name(patch.dtype)}."
+            f"apply and revert need the same dtype. Load the model with dtype=torch.{dtype_name(patch.dtype)} "
+            "(torch_dtype in older transformers releases)."
         )
     for name, tensor in patch.new_head.items():
         shape = head_shapes.get(name)

@@ -319,8 +319,9 @@ def test_dtype_mismatch_rejected(tmp_path: Path) -> None:
     half_patch = save_and_load(make_patch(make_tiny_classifier("bert", torch.float16)), tmp_path / "patch")
     model = make_tiny_classifier("bert", torch.float32)
     before = model_digests(model)
-    with pytest.raises(PatchFormatError, match="The model is float32 but the patch holds float16 values"):
+    with pytest.raises(PatchFormatError, match="The model is float32 but the patch holds float16 values") as caught:
         apply_patch(model, half_patch)
+    assert "Load the model with dtype=torch.float16" in str(caught.value)
     assert model_digests(model) == before
 
 
