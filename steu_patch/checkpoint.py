@@ -159,7 +159,7 @@ def write_patched_model(
     replacements = _replacements(checkpoint, patch, values)
     output_dir = Path(output_dir)
     with atomic_directory(output_dir, overwrite=overwrite) as staging:
-        _copy_tree(checkpoint, replacements, staging)
+        _copy_tree(checkpoint, replacements, staging, skip=(staging, output_dir))
         if new_chain:
             config[CHAIN_ATTRIBUTE] = new_chain
         else:
@@ -180,10 +180,15 @@ def _replacements(checkpoint: Checkpoint, patch: ForgetPatch, values: TouchedVal
     return replaced
 
 
-def _copy_tree(checkpoint: Checkpoint, replacements: dict[str, torch.Tensor], staging: Path) -> None:
+def _copy_tree(checkpoint: Checkpoint, replacements: dict[str, torch.Tensor], staging: Path, skip: tuple[Path, ...]) -> None:
     touched_files = {checkpoint.weight_map[key] for key in replacements}
+    # The output may lie inside the model directory: its staging directory and an older output
+    # there are not part of the model.
+    skipped = {path.resolve() for path in skip}
     for source in sorted(checkpoint.model_dir.iterdir()):
         target = staging / source.name
+        if source.resolve() in skipped:
+            continue
         if source.name in touched_files:
             _rewrite_shard(source, replacements, target)
         elif source.suffix in PICKLE_SUFFIXES:

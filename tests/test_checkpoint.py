@@ -145,6 +145,26 @@ def test_output_lists_same_files(bert_model_dir: Path, bert_patch_dir: Path, tmp
     assert sorted(path.name for path in (tmp_path / "patched").iterdir()) == sorted(path.name for path in bert_model_dir.iterdir())
 
 
+def test_output_inside_model_dir(bert_model_dir: Path, bert_patch_dir: Path, tmp_path: Path) -> None:
+    model_dir = copy_tree(bert_model_dir, tmp_path / "model")
+    patch = load_patch(bert_patch_dir)
+    write_patched_model(model_dir, patch, model_dir / "patched")
+    write_patched_model(model_dir, patch, model_dir / "patched", overwrite=True)
+    names = sorted(path.name for path in (model_dir / "patched").iterdir())
+    assert names == sorted(path.name for path in bert_model_dir.iterdir())
+    assert leftover_temp_dirs(model_dir) == []
+
+
+def test_in_place_apply_and_revert(bert_model_dir: Path, bert_patch_dir: Path, tmp_path: Path) -> None:
+    model_dir = copy_tree(bert_model_dir, tmp_path / "model")
+    patch = load_patch(bert_patch_dir)
+    write_patched_model(model_dir, patch, model_dir, overwrite=True)
+    assert read_config(model_dir)[CHAIN_ATTRIBUTE] == [chain_entry(patch)]
+    write_patched_model(model_dir, patch, model_dir, revert=True, overwrite=True)
+    assert checkpoint_digests(model_dir) == checkpoint_digests(bert_model_dir)
+    assert leftover_temp_dirs(tmp_path) == []
+
+
 def test_config_chain_written_and_removed(bert_model_dir: Path, bert_patch_dir: Path, tmp_path: Path) -> None:
     patch = load_patch(bert_patch_dir)
     write_patched_model(bert_model_dir, patch, tmp_path / "patched")
