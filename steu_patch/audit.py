@@ -29,7 +29,7 @@ import json
 import logging
 import math
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -117,7 +117,6 @@ class AuditReport:
     base: dict[str, Any] | None = None
     model: dict[str, Any] | None = None
     data: dict[str, Any] | None = None
-    redacted_tokens: bool = field(default=False)
 
     @property
     def passed(self) -> bool:
@@ -189,7 +188,6 @@ def audit_patch(patch: str | os.PathLike, options: AuditOptions | None = None) -
         base=base_section,
         model=model_section,
         data=data_section,
-        redacted_tokens=options.redact_tokens,
     )
 
 

@@ -57,10 +57,8 @@ def write_csv(path: Path, rows: list[tuple], header: tuple[str, ...] = ("text", 
     return path
 
 
-@pytest.fixture(scope="module")
-def workspace(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """A tiny base classifier, a patch for its "cardio" class, the patched model and a data file."""
-    root = tmp_path_factory.mktemp("audit")
+def build_workspace(root: Path, problem_type: str | None = None) -> dict[str, Path]:
+    """Save a tiny base classifier, a patch for its "cardio" class and the patched model under ``root``."""
     base_dir = root / "base"
     base_dir.mkdir()
     vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *COMMON_WORDS, *(w for ws in CLASS_WORDS.values() for w in ws)]
@@ -72,6 +70,7 @@ def workspace(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     config = BertConfig(
         vocab_size=len(vocab), hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32,
         max_position_embeddings=32, num_labels=3, id2label=ID2LABEL, label2id={v: k for k, v in ID2LABEL.items()},
+        problem_type=problem_type,
     )
     model = BertForSequenceClassification(config).eval()
     model.save_pretrained(base_dir)
@@ -94,8 +93,15 @@ def workspace(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     )
     patch_dir = patch.save_pretrained(root / "patch")
     patched_dir = write_patched_model(base_dir, patch, root / "patched")
-    data = write_csv(root / "data.csv", make_texts(12, seed=3))
-    return {"root": root, "base": base_dir, "patch": patch_dir, "patched": patched_dir, "data": data}
+    return {"root": root, "base": base_dir, "patch": patch_dir, "patched": patched_dir}
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """A tiny base classifier, a patch for its "cardio" class, the patched model and a data file."""
+    paths = build_workspace(tmp_path_factory.mktemp("audit"))
+    paths["data"] = write_csv(paths["root"] / "data.csv", make_texts(12, seed=3))
+    return paths
 
 
 def run_audit(*args: str) -> tuple[int, str]:
@@ -446,6 +452,33 @@ def test_data_split_column_used(workspace, tmp_path):
     assert split["method"] == "column"
     assert split["eval_texts"] == 9
     assert split["train_texts"] == 27
+
+
+def test_data_eval_column_used(workspace, tmp_path):
+    rows = [(text, label, index % 3 == 0) for index, (text, label) in enumerate(make_texts(12, seed=3))]
+    data = write_csv(tmp_path / "eval.csv", rows, ("text", "label", "eval"))
+    options = AuditOptions(base=str(workspace["base"]), data=str(data), relearn_max_steps=5)
+
+    split = audit_patch(workspace["patch"], options).data["split"]
+
+    assert split["description"] == "column 'eval' of the data"
+    assert split["eval_texts"] == 12
+
+
+def test_data_multi_label_model(tmp_path, workspace):
+    paths = build_workspace(tmp_path, problem_type="multi_label_classification")
+    rows = [(text, label if index % 5 else f"{label};neuro") for index, (text, label) in enumerate(make_texts(12, seed=3))]
+    data = write_csv(tmp_path / "multi.csv", rows)
+    options = AuditOptions(base=str(paths["base"]), data=str(data), relearn_max_steps=5)
+
+    report = audit_patch(paths["patch"], options)
+    data_section = report.data
+
+    assert data_section["multi_label"] is True
+    assert data_section["metrics"]["after"]["confusion_matrix"] is None
+    assert 0.0 <= data_section["probe"]["after"]["forget_f1"] <= 1.0
+    assert 0.0 <= data_section["membership_inference"]["after"]["auc"] <= 1.0
+    assert render_html(report).count("data:image/png;base64,") == 4
 
 
 def test_data_invalid_split_value(workspace, tmp_path):
