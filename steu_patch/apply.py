@@ -4,6 +4,10 @@ A model records the patches it carries, oldest first, in ``config.steu_patch_cha
 record travels with ``save_pretrained`` and with patched model directories. Applying checks the
 base fingerprint and that the patch's parents are exactly the patches the model carries;
 reverting checks that the patch is the newest one and that the model holds its values.
+
+A patch's PEFT passthrough tensors are part of the fingerprint, so applying rejects a model
+whose values there differ from the patch's. Neither applying nor reverting writes them, and
+reverting does not compare them because it restores only the rows and the head.
 """
 
 from __future__ import annotations
@@ -147,7 +151,21 @@ def _parameters(model: nn.Module, patch: ForgetPatch) -> dict[str, torch.Tensor]
                 f"{sorted(head_parameters)}."
             )
         tensors[f"{patch.head_module}.{name}"] = head_parameters[name]
+    for name in patch.peft_passthrough:
+        tensors[name] = _passthrough_tensor(model, name)
     return tensors
+
+
+def _passthrough_tensor(model: nn.Module, name: str) -> torch.Tensor:
+    module_name, _, attribute = name.rpartition(".")
+    module = _module(model, module_name, "a module that stock PEFT wraps with the head")
+    tensor = getattr(module, attribute, None)
+    if not isinstance(tensor, torch.Tensor):
+        raise UnsupportedModelError(
+            f"The model's module {module_name!r} has no tensor {attribute!r}, which the patch records as a PEFT "
+            "passthrough tensor; it is not the architecture the patch was created for."
+        )
+    return tensor
 
 
 def _write(model: nn.Module, patch: ForgetPatch, values: TouchedValues) -> None:
@@ -204,8 +222,10 @@ def revert_patch(model: nn.Module, patch: ForgetPatch) -> nn.Module:
     config = getattr(model, "config", None)
     chain = get_chain(config)
     check_chain_for_revert(patch, chain)
-    if not current.equals(patch.new_values()):
-        changed = current.differing(patch.new_values(), patch.token_ids)
+    written = patch.new_values().without_passthrough()
+    current = current.without_passthrough()
+    if not current.equals(written):
+        changed = current.differing(written, patch.token_ids)
         raise PatchStateError(
             f"The model does not carry the values of {_describe(chain_entry(patch))}: {'; '.join(changed)} differ. "
             "Revert only a model that this patch was applied to."

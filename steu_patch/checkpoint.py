@@ -3,7 +3,8 @@
 The writer streams the safetensors checkpoint shard by shard: shards that hold no touched tensor
 are copied byte for byte, the others are rewritten with only the touched rows and head tensors
 replaced. Config and tokenizer files are copied, ``config.json`` gains the updated patch chain,
-and the result appears at the output path only when complete.
+and the result appears at the output path only when complete. A patch's PEFT passthrough tensors
+are read for the fingerprint check and never written.
 """
 
 from __future__ import annotations
@@ -141,8 +142,11 @@ def write_patched_model(
     current = read_checkpoint_values(checkpoint, patch)
     if revert:
         check_chain_for_revert(patch, chain)
-        if not current.equals(patch.new_values()):
-            changed = current.differing(patch.new_values(), patch.token_ids)
+        # Reverting restores only rows and head, so the PEFT passthrough tensors are not compared.
+        written = patch.new_values().without_passthrough()
+        current = current.without_passthrough()
+        if not current.equals(written):
+            changed = current.differing(written, patch.token_ids)
             raise PatchStateError(
                 f"{model_dir} does not carry the values of patch {patch.patch_id[:12]}: {'; '.join(changed)} differ. "
                 "Revert only a model that this patch was applied to."

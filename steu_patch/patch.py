@@ -11,6 +11,10 @@ A patch is a directory:
   file because PEFT would report its keys as unexpected.
 - ``steu_patch.json``: the manifest (format and tool version, base model and fingerprint, labels,
   forget classes, tokens, method, metrics, SHA-256 of the tensor files).
+
+When PEFT's ``modules_to_save`` suffix match also wraps modules other than the head (DistilBERT's
+``pre_classifier`` for ``classifier``), the adapter file also stores those modules' unchanged base
+values, the "PEFT passthrough" tensors, so stock PEFT loads the patch and computes the same outputs.
 - ``README.md``: a model card.
 
 All tensors are stored as values, never as differences, so applying and reverting are bit-exact
@@ -34,9 +38,10 @@ from typing import Any
 import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
+from torch import nn
 
 from . import __version__
-from .errors import PatchFormatError, PatchNotFoundError
+from .errors import PatchFormatError, PatchNotFoundError, UnsupportedModelError
 
 logger = logging.getLogger(__name__)
 
@@ -91,16 +96,28 @@ class TouchedValues:
     Attributes:
         rows: embedding rows at the patch's token ids, shape ``(k, hidden)``.
         head: final classification layer tensors by parameter name (``weight``, ``bias``).
+        passthrough: PEFT passthrough tensors by parameter name in the model (for DistilBERT
+            ``pre_classifier.weight`` and ``pre_classifier.bias``); empty for most models. A patch
+            never changes them, so they hold the base model's values before and after it.
     """
 
     rows: torch.Tensor
     head: dict[str, torch.Tensor]
+    passthrough: dict[str, torch.Tensor] = field(default_factory=dict)
 
     def equals(self, other: TouchedValues) -> bool:
         """Return True when both hold bit-identical tensors."""
-        if set(self.head) != set(other.head) or not _bit_equal(self.rows, other.rows):
+        if set(self.head) != set(other.head) or set(self.passthrough) != set(other.passthrough):
             return False
-        return all(_bit_equal(self.head[name], other.head[name]) for name in self.head)
+        if not _bit_equal(self.rows, other.rows):
+            return False
+        if not all(_bit_equal(self.head[name], other.head[name]) for name in self.head):
+            return False
+        return all(_bit_equal(self.passthrough[name], other.passthrough[name]) for name in self.passthrough)
+
+    def without_passthrough(self) -> TouchedValues:
+        """Return only the rows and head tensors, the values that applying and reverting write."""
+        return TouchedValues(self.rows, dict(self.head))
 
     def differing(self, other: TouchedValues, token_ids: Sequence[int]) -> list[str]:
         """Describe which rows and head tensors differ from ``other``."""
@@ -115,6 +132,10 @@ class TouchedValues:
             more = f" and {len(changed_rows) - 3} more" if len(changed_rows) > 3 else ""
             described.append(f"{len(changed_rows)} embedding row(s) (token ids {shown}{more})")
         described += [f"head {name}" for name in sorted(self.head) if not _bit_equal(self.head[name], other.head[name])]
+        for name in sorted(set(self.passthrough) | set(other.passthrough)):
+            mine, theirs = self.passthrough.get(name), other.passthrough.get(name)
+            if mine is None or theirs is None or not _bit_equal(mine, theirs):
+                described.append(f"PEFT passthrough tensor {name}")
         return described
 
 
@@ -132,7 +153,9 @@ def compute_fingerprint(
 
     The digest covers the embedding matrix shape and dtype, the token ids, and the values of every
     touched row and head tensor, so two models get the same fingerprint exactly when the patch
-    would overwrite the same original values.
+    would overwrite the same original values. PEFT passthrough tensors are hashed after the head
+    only when ``values.passthrough`` is not empty, so a patch without them keeps the digest that
+    earlier steu-patch releases computed.
     """
     digest = hashlib.sha256(b"steu-patch fingerprint v1\n")
     digest.update(json.dumps({"shape": list(embedding_shape), "dtype": dtype_name(dtype)}).encode())
@@ -141,6 +164,15 @@ def compute_fingerprint(
     for name in sorted(values.head):
         digest.update(name.encode() + b"\0" + json.dumps(list(values.head[name].shape)).encode())
         digest.update(tensor_bytes(values.head[name]))
+    if values.passthrough:
+        digest.update(b"peft passthrough\0")
+        for name in sorted(values.passthrough):
+            tensor = values.passthrough[name]
+            # The dtype is read from the tensor, not checked: a model tensor of another dtype must
+            # give a different digest, not an error.
+            header = {"shape": list(tensor.shape), "dtype": str(tensor.dtype).removeprefix("torch.")}
+            digest.update(name.encode() + b"\0" + json.dumps(header).encode())
+            digest.update(tensor_bytes(tensor))
     return digest.hexdigest()
 
 
@@ -153,6 +185,9 @@ class ForgetPatch:
         token_ids: edited embedding rows, in the order of ``new_rows``.
         new_rows / original_rows: embedding rows after and before the edit, ``(k, hidden)``.
         new_head / original_head: final classification layer tensors by parameter name.
+        source: the directory the patch was loaded from or saved to, or None.
+        peft_passthrough: base values of the PEFT passthrough tensors by parameter name, as listed
+            in the manifest's ``peft_passthrough``; empty for most models.
     """
 
     manifest: dict[str, Any]
@@ -162,6 +197,7 @@ class ForgetPatch:
     new_head: dict[str, torch.Tensor]
     original_head: dict[str, torch.Tensor]
     source: str | None = field(default=None, compare=False)
+    peft_passthrough: dict[str, torch.Tensor] = field(default_factory=dict)
 
     # ----- properties read from the manifest -----
 
@@ -199,10 +235,10 @@ class ForgetPatch:
         return list(self.manifest["forget_classes"])
 
     def new_values(self) -> TouchedValues:
-        return TouchedValues(self.new_rows, dict(self.new_head))
+        return TouchedValues(self.new_rows, dict(self.new_head), dict(self.peft_passthrough))
 
     def original_values(self) -> TouchedValues:
-        return TouchedValues(self.original_rows, dict(self.original_head))
+        return TouchedValues(self.original_rows, dict(self.original_head), dict(self.peft_passthrough))
 
     def parameters_modified(self) -> int:
         """Count the values the patch overwrites: embedding rows plus head tensors."""
@@ -247,15 +283,25 @@ def build_patch(
     metrics: Mapping[str, Any] | None = None,
     total_parameters: int | None = None,
     extra: Mapping[str, Any] | None = None,
+    peft_passthrough: Mapping[str, torch.Tensor] | None = None,
 ) -> ForgetPatch:
     """Assemble a validated :class:`ForgetPatch` from original and new values.
 
     ``tokens`` lists one mapping per token id (at least ``id`` and ``token``) in the order of
     ``token_ids``; ``base_model`` holds ``name_or_path`` and optionally ``revision``,
     ``model_type`` and ``architecture``.
+
+    ``peft_passthrough`` maps each tensor that stock PEFT wraps besides the head to its base
+    value, as :func:`peft_passthrough_values` returns them. Without it (None), the passthrough
+    tensors of ``original`` are used, and most models have none. Without them, stock PEFT cannot
+    load a patch for a model such as DistilBERT, but steu-patch still applies it.
     """
     token_ids = [int(token_id) for token_id in token_ids]
     dtype = original.rows.dtype
+    passthrough = {
+        name: tensor.detach().to("cpu").contiguous()
+        for name, tensor in sorted((original.passthrough if peft_passthrough is None else peft_passthrough).items())
+    }
     manifest: dict[str, Any] = {
         "format_version": FORMAT_VERSION,
         "tool": {"name": "steu-patch", "version": __version__},
@@ -263,7 +309,7 @@ def build_patch(
         "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "base_model": dict(base_model),
         "base_fingerprint": {
-            "sha256": compute_fingerprint(token_ids, original, embedding_shape, dtype),
+            "sha256": compute_fingerprint(token_ids, TouchedValues(original.rows, original.head, passthrough), embedding_shape, dtype),
             "embedding_shape": [int(size) for size in embedding_shape],
             "dtype": dtype_name(dtype),
         },
@@ -273,12 +319,17 @@ def build_patch(
         "embedding_module": embedding_module,
         "head_module": head_module,
         "head_parameters": sorted(new.head),
+    }
+    # Absent rather than empty for most models, so their manifests keep the layout of earlier releases.
+    if passthrough:
+        manifest["peft_passthrough"] = list(passthrough)
+    manifest.update({
         "tokens": [dict(token) for token in tokens] or [{"id": token_id} for token_id in token_ids],
         "method": dict(method or {}),
         "metrics": dict(metrics or {}),
         "parameters_modified": None,
         "files": {},
-    }
+    })  # fmt: skip
     if extra:
         manifest.update(extra)
     patch = ForgetPatch(
@@ -288,6 +339,7 @@ def build_patch(
         original_rows=original.rows.detach().to("cpu").contiguous(),
         new_head={name: tensor.detach().to("cpu").contiguous() for name, tensor in new.head.items()},
         original_head={name: tensor.detach().to("cpu").contiguous() for name, tensor in original.head.items()},
+        peft_passthrough=passthrough,
     )
     count = patch.parameters_modified()
     manifest["parameters_modified"] = {
@@ -302,15 +354,72 @@ def build_patch(
 # ----- PEFT adapter files -----
 
 
-def adapter_weight_keys(embedding_module: str, head_module: str, head_parameters: Sequence[str]) -> dict[str, str]:
+def adapter_weight_keys(
+    embedding_module: str, head_module: str, head_parameters: Sequence[str], peft_passthrough: Sequence[str] = ()
+) -> dict[str, str]:
     """Map each patch tensor to its key in ``adapter_model.safetensors`` as peft 0.21 names it.
 
-    ``rows`` maps to the trainable-token values; ``head.<name>`` to the ``modules_to_save`` copy.
+    ``rows`` maps to the trainable-token values; ``head.<name>`` to the ``modules_to_save`` copy;
+    ``passthrough.<name>`` to the ``modules_to_save`` copy of another module that PEFT wraps.
     """
     keys = {"rows": f"base_model.model.{embedding_module}.token_adapter.trainable_tokens_delta"}
     for name in head_parameters:
         keys[f"head.{name}"] = f"base_model.model.{head_module}.{name}"
+    for name in peft_passthrough:
+        keys[f"passthrough.{name}"] = f"base_model.model.{name}"
     return keys
+
+
+def peft_wrapped_modules(model: nn.Module, module_name: str) -> list[str]:
+    """List the modules that peft 0.21 wraps for ``modules_to_save=[module_name]``, in model order.
+
+    PEFT (``peft.utils.other._set_trainable``) selects every name in
+    ``model.named_modules(remove_duplicate=False)`` that ends with the entry as a plain string,
+    not by dotted path. So ``classifier`` also selects DistilBERT's ``pre_classifier``.
+    """
+    names = [name for name, _ in model.named_modules(remove_duplicate=False) if name.endswith(module_name)]
+    return list(dict.fromkeys(names))
+
+
+def peft_passthrough_values(model: nn.Module, head_module: str) -> dict[str, torch.Tensor]:
+    """Read the base values of every tensor that stock PEFT wraps besides the head.
+
+    For each module other than ``head_module`` that :func:`peft_wrapped_modules` selects, PEFT
+    expects every entry of the module's ``state_dict()`` in the adapter file, and overwrites its
+    copy of the module with them. Storing the base values keeps PEFT's outputs equal to the patched
+    model's. Pass the result to :func:`build_patch` as ``peft_passthrough``.
+
+    Args:
+        model: the base model the patch is created on, not a PEFT-wrapped one.
+        head_module: the patch's head module name, as in ``model.named_modules()``.
+
+    Returns:
+        CPU copies by parameter name (``pre_classifier.weight``), sorted; empty for most models.
+
+    Raises:
+        UnsupportedModelError: the head is missing, or a wrapped tensor's dtype differs from the head's.
+    """
+    modules = dict(model.named_modules(remove_duplicate=False))
+    head = modules.get(head_module)
+    if head is None:
+        raise UnsupportedModelError(
+            f"The model {type(model).__name__} has no module {head_module!r}; pass the head module name as it "
+            "appears in model.named_modules()."
+        )
+    dtype = next(head.parameters()).dtype
+    values: dict[str, torch.Tensor] = {}
+    for module_name in peft_wrapped_modules(model, head_module):
+        if module_name == head_module:
+            continue
+        for key, tensor in modules[module_name].state_dict().items():
+            if tensor.dtype != dtype:
+                raise UnsupportedModelError(
+                    f"PEFT's modules_to_save={[head_module]} also wraps {module_name!r}, whose tensor {key!r} is "
+                    f"{tensor.dtype} while the head is {dtype}; a forget patch stores tensors of one dtype. Stock "
+                    "PEFT cannot load a patch for this model; apply it with steu-patch instead."
+                )
+            values[f"{module_name}.{key}"] = tensor.detach().to("cpu").clone()
+    return dict(sorted(values.items()))
 
 
 def adapter_config(patch: ForgetPatch) -> dict[str, Any]:
@@ -344,9 +453,10 @@ def adapter_config(patch: ForgetPatch) -> dict[str, Any]:
 
 
 def _tensor_files(patch: ForgetPatch) -> dict[str, dict[str, torch.Tensor]]:
-    keys = adapter_weight_keys(patch.embedding_module, patch.head_module, sorted(patch.new_head))
+    keys = adapter_weight_keys(patch.embedding_module, patch.head_module, sorted(patch.new_head), sorted(patch.peft_passthrough))
     adapter = {keys["rows"]: patch.new_rows}
     adapter.update({keys[f"head.{name}"]: tensor for name, tensor in patch.new_head.items()})
+    adapter.update({keys[f"passthrough.{name}"]: tensor for name, tensor in patch.peft_passthrough.items()})
     originals = {f"{patch.embedding_module}.weight.rows": patch.original_rows}
     originals.update({f"{patch.head_module}.{name}": tensor for name, tensor in patch.original_head.items()})
     return {ADAPTER_WEIGHTS_NAME: adapter, ORIGINALS_NAME: originals}
@@ -421,8 +531,15 @@ class atomic_directory:
 # ----- loading -----
 
 
-def load_patch(patch_dir: str | os.PathLike) -> ForgetPatch:
-    """Load and validate a patch directory (local only; see :meth:`ForgetPatch.from_pretrained`)."""
+def load_patch(patch_dir: str | os.PathLike, *, check_file_hashes: bool = True) -> ForgetPatch:
+    """Load and validate a patch directory (local only; see :meth:`ForgetPatch.from_pretrained`).
+
+    Args:
+        patch_dir: the patch directory.
+        check_file_hashes: compare the tensor files' SHA-256 with the manifest. Only an audit
+            that reports a mismatch next to the files' content turns this off; a missing tensor
+            file is rejected either way.
+    """
     patch_dir = Path(patch_dir)
     if not patch_dir.exists():
         raise PatchNotFoundError(f"Patch directory {patch_dir} does not exist. Create one with `steu-patch create`.")
@@ -430,11 +547,15 @@ def load_patch(patch_dir: str | os.PathLike) -> ForgetPatch:
         raise PatchFormatError(f"Patch {patch_dir} is a file; a forget patch is a directory containing {MANIFEST_NAME}.")
     _reject_pickles(patch_dir)
     manifest = _read_manifest(patch_dir)
-    _check_file_hashes(patch_dir, manifest)
+    if check_file_hashes:
+        _check_file_hashes(patch_dir, manifest)
+    else:
+        _check_files_present(patch_dir)
 
     head_parameters = manifest["head_parameters"]
-    keys = adapter_weight_keys(manifest["embedding_module"], manifest["head_module"], head_parameters)
-    adapter = _read_safetensors(patch_dir / ADAPTER_WEIGHTS_NAME, list(keys.values()))
+    passthrough_names = manifest.get("peft_passthrough", [])
+    keys = adapter_weight_keys(manifest["embedding_module"], manifest["head_module"], head_parameters, passthrough_names)
+    adapter = _read_safetensors(patch_dir / ADAPTER_WEIGHTS_NAME, list(dict.fromkeys(keys.values())))
     original_keys = [f"{manifest['embedding_module']}.weight.rows"]
     original_keys += [f"{manifest['head_module']}.{name}" for name in head_parameters]
     originals = _read_safetensors(patch_dir / ORIGINALS_NAME, original_keys)
@@ -447,6 +568,7 @@ def load_patch(patch_dir: str | os.PathLike) -> ForgetPatch:
         new_head={name: adapter[keys[f"head.{name}"]] for name in head_parameters},
         original_head={name: originals[f"{manifest['head_module']}.{name}"] for name in head_parameters},
         source=str(patch_dir),
+        peft_passthrough={name: adapter[keys[f"passthrough.{name}"]] for name in passthrough_names},
     )
     validate_patch(patch)
     _check_adapter_config(patch_dir, patch)
@@ -511,11 +633,15 @@ _MANIFEST_TYPES = {
     "tokens": 'a list of objects with an integer "id"',
     "files": "an object",
     "parent_patches": 'a list of objects with a string "patch_id"',
+    "peft_passthrough": "a list of strings",
 }
+
+# Manifest fields that may be absent; an absent one reads as an empty list.
+_OPTIONAL_LISTS = ("parent_patches", "peft_passthrough")
 
 
 def _has_type(manifest: Mapping[str, Any], key: str) -> bool:
-    value = manifest.get(key, [] if key == "parent_patches" else None)
+    value = manifest.get(key, [] if key in _OPTIONAL_LISTS else None)
     if key == "base_fingerprint":
         shape = value.get("embedding_shape")
         valid_shape = isinstance(shape, list) and len(shape) == 2 and all(_is_int(size) for size in shape)
@@ -539,11 +665,16 @@ def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
+def _check_files_present(patch_dir: Path) -> None:
+    for name in (ADAPTER_WEIGHTS_NAME, ORIGINALS_NAME):
+        if not (patch_dir / name).is_file():
+            raise PatchFormatError(f"Patch {patch_dir} is incomplete: {name} is missing.")
+
+
 def _check_file_hashes(patch_dir: Path, manifest: Mapping[str, Any]) -> None:
+    _check_files_present(patch_dir)
     for name in (ADAPTER_WEIGHTS_NAME, ORIGINALS_NAME):
         path = patch_dir / name
-        if not path.is_file():
-            raise PatchFormatError(f"Patch {patch_dir} is incomplete: {name} is missing.")
         expected = manifest["files"].get(name)
         actual = file_sha256(path)
         if expected != actual:
@@ -622,6 +753,25 @@ def validate_patch(patch: ForgetPatch) -> None:
         shape = tuple(patch.original_head[name].shape)
         _check_tensor(f"original head {name}", patch.original_head[name], shape, dtype)
         _check_tensor(f"new head {name}", patch.new_head[name], shape, dtype)
+    _validate_passthrough(patch)
+
+
+def _validate_passthrough(patch: ForgetPatch) -> None:
+    listed = patch.manifest.get("peft_passthrough", [])
+    held = sorted(patch.peft_passthrough)
+    if listed != held:
+        raise PatchFormatError(
+            f"The manifest lists the PEFT passthrough tensors {listed} but the patch holds {held}; the list must be "
+            "sorted, without repeats, and match the tensors. Recreate the patch."
+        )
+    written = {f"{patch.embedding_module}.weight"} | {f"{patch.head_module}.{name}" for name in patch.new_head}
+    for name, tensor in patch.peft_passthrough.items():
+        if name in written or name.startswith(f"{patch.head_module}.") or "." not in name:
+            raise PatchFormatError(
+                f"PEFT passthrough tensor {name!r} is not a parameter of a module other than the embeddings "
+                f"{patch.embedding_module!r} and the head {patch.head_module!r}; the patch is corrupt."
+            )
+        _check_tensor(f"PEFT passthrough tensor {name}", tensor, tuple(tensor.shape), patch.dtype)
 
 
 def _check_tensor(label: str, tensor: torch.Tensor, shape: tuple[int, ...], dtype: torch.dtype) -> None:
@@ -640,11 +790,14 @@ def _check_tensor(label: str, tensor: torch.Tensor, shape: tuple[int, ...], dtyp
 def read_touched_values(patch_like: ForgetPatch, get_tensor: Callable[[str], torch.Tensor]) -> TouchedValues:
     """Read the values at the positions ``patch_like`` touches from any tensor source.
 
-    ``get_tensor`` maps a parameter name (``<embedding_module>.weight``, ``<head_module>.<name>``)
-    to a tensor: a model's parameters or a checkpoint's tensors.
+    ``get_tensor`` maps a parameter name (``<embedding_module>.weight``, ``<head_module>.<name>``,
+    or a PEFT passthrough name) to a tensor: a model's parameters or a checkpoint's tensors.
+    Passthrough tensors are read for the names in ``patch_like.peft_passthrough``, if it has one.
     """
     weight = get_tensor(f"{patch_like.embedding_module}.weight")
     index = torch.tensor(patch_like.token_ids, dtype=torch.long, device=weight.device)
     rows = weight.detach().index_select(0, index).to("cpu")
     head = {name: get_tensor(f"{patch_like.head_module}.{name}").detach().to("cpu").clone() for name in patch_like.new_head}
-    return TouchedValues(rows, head)
+    names = sorted(getattr(patch_like, "peft_passthrough", {}))
+    passthrough = {name: get_tensor(name).detach().to("cpu").clone() for name in names}
+    return TouchedValues(rows, head, passthrough)

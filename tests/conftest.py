@@ -24,9 +24,11 @@ Model helpers:
     logits(model, input_ids): logits under ``torch.no_grad()``.
 
 Patch helpers:
-    make_patch(model, token_ids=PATCH_TOKEN_IDS, seed=0, parent_patches=(), forget_classes=None):
-        a validated, unsaved ``ForgetPatch`` whose new rows and head tensors are random values in
-        the model's dtype and whose originals are read from ``model``.
+    make_patch(model, token_ids=PATCH_TOKEN_IDS, seed=0, parent_patches=(), forget_classes=None,
+        peft_passthrough=True): a validated, unsaved ``ForgetPatch`` whose new rows and head tensors
+        are random values in the model's dtype and whose originals are read from ``model``. It
+        carries the PEFT passthrough tensors of ``model`` (DistilBERT's ``pre_classifier``) unless
+        ``peft_passthrough=False``.
     save_and_load(patch, directory): save a patch and load it back as a user would.
     rewrite_patch_file(patch_dir, file_name, edit): edit the tensors of one safetensors file of a
         patch and update the manifest's file hashes, so the patch passes the hash check and fails
@@ -65,7 +67,7 @@ from torch import nn
 from transformers import AutoConfig, AutoModelForSequenceClassification, BertTokenizerFast, PreTrainedModel
 
 from steu_patch.models import count_parameters, find_editable_parts
-from steu_patch.patch import ForgetPatch, TouchedValues, build_patch, file_sha256, load_patch
+from steu_patch.patch import ForgetPatch, TouchedValues, build_patch, file_sha256, load_patch, peft_passthrough_values
 
 ARCHITECTURES = ("bert", "distilbert", "roberta", "electra", "deberta-v2", "modernbert")
 BERT_LIKE = ("bert", "distilbert", "electra")
@@ -185,6 +187,7 @@ def make_patch(
     *,
     parent_patches: Sequence[Mapping[str, Any]] = (),
     forget_classes: Sequence[str] | None = None,
+    peft_passthrough: bool = True,
 ) -> ForgetPatch:
     """Build a patch for ``model`` with random new values and originals read from ``model``."""
     parts = find_editable_parts(model)
@@ -215,6 +218,7 @@ def make_patch(
         tokens=[{"id": int(token_id), "token": token_name(int(token_id))} for token_id in token_ids],
         method={"name": "random-test-values", "seed": seed},
         total_parameters=count_parameters(model),
+        peft_passthrough=peft_passthrough_values(model, parts.head_name) if peft_passthrough else {},
     )
 
 

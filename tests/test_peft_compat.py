@@ -41,16 +41,7 @@ from steu_patch.errors import PatchFormatError
 from steu_patch.models import find_editable_parts
 from steu_patch.patch import ADAPTER_CONFIG_NAME, NO_LORA_TARGETS, load_patch
 
-# NOTE: stock PEFT cannot load a DistilBERT patch yet. peft 0.21 matches modules_to_save by name
-# suffix, so "classifier" also wraps DistilBERT's "pre_classifier", whose weights the patch lacks.
-DISTILBERT_KEY_ERROR = pytest.mark.xfail(
-    raises=KeyError, strict=True, reason="modules_to_save 'classifier' also matches DistilBERT's pre_classifier"
-)
-CASES = [
-    pytest.param(arch, dtype_id, marks=[DISTILBERT_KEY_ERROR] if arch == "distilbert" else [], id=f"{arch}-{dtype_id}")
-    for arch in ARCHITECTURES
-    for dtype_id in DTYPES
-]
+CASES = [pytest.param(arch, dtype_id, id=f"{arch}-{dtype_id}") for arch in ARCHITECTURES for dtype_id in DTYPES]
 KEY_WARNING = re.compile(r"missing|unexpected|not initiali[sz]ed|were not used", re.IGNORECASE)
 
 
@@ -152,9 +143,7 @@ def is_adapter_key(key: str) -> bool:
     return ".token_adapter.trainable_tokens_delta" in key or ".modules_to_save." in key or "lora_" in key
 
 
-@pytest.mark.parametrize(
-    "arch", [pytest.param(arch, marks=[DISTILBERT_KEY_ERROR] if arch == "distilbert" else []) for arch in ARCHITECTURES]
-)
+@pytest.mark.parametrize("arch", ARCHITECTURES)
 def test_peft_consumes_every_adapter_tensor(arch: str, tmp_path: Path) -> None:
     model = make_tiny_classifier(arch)
     model_dir = save_model_dir(model, tmp_path / "base")
