@@ -761,7 +761,7 @@ def _validate_passthrough(patch: ForgetPatch) -> None:
     held = sorted(patch.peft_passthrough)
     if listed != held:
         raise PatchFormatError(
-            f"The manifest lists the PEFT passthrough tensors {listed} but the patch holds {held}; the list must be "
+            f"The manifest lists the PEFT passthrough tensors {listed} but the patch contains {held}. The list must be "
             "sorted, without repeats, and match the tensors. Recreate the patch."
         )
     written = {f"{patch.embedding_module}.weight"} | {f"{patch.head_module}.{name}" for name in patch.new_head}

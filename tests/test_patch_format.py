@@ -39,11 +39,15 @@ from steu_patch.patch import (
     build_patch,
     compute_fingerprint,
     load_patch,
+    peft_passthrough_values,
 )
 
 EMBEDDING = "bert.embeddings.word_embeddings"
 ROWS_KEY = f"base_model.model.{EMBEDDING}.token_adapter.trainable_tokens_delta"
 PATCH_FILES = {ADAPTER_CONFIG_NAME, ADAPTER_WEIGHTS_NAME, ORIGINALS_NAME, MANIFEST_NAME, CARD_NAME}
+DISTILBERT_EMBEDDING = "distilbert.embeddings.word_embeddings"
+PASSTHROUGH = ["pre_classifier.bias", "pre_classifier.weight"]
+PASSTHROUGH_WEIGHT_KEY = "base_model.model.pre_classifier.weight"
 
 
 def read_tensors(path: Path) -> dict[str, torch.Tensor]:
@@ -443,3 +447,206 @@ def test_errors_are_builtin_subclasses(tmp_path: Path) -> None:
     (tmp_path / "empty").mkdir()
     with pytest.raises(ValueError):
         load_patch(tmp_path / "empty")
+
+
+def test_load_without_hash_check(bert_patch_dir: Path, tmp_path: Path) -> None:
+    patch_dir = copy_tree(bert_patch_dir, tmp_path / "patch")
+    edit_json(patch_dir / MANIFEST_NAME, lambda m: m["files"].update({ORIGINALS_NAME: "0" * 64}))
+    with pytest.raises(PatchFormatError, match="does not match the manifest"):
+        load_patch(patch_dir)
+    loaded = load_patch(patch_dir, check_file_hashes=False)
+    assert tensor_digest(loaded.original_rows) == tensor_digest(load_patch(bert_patch_dir).original_rows)
+
+
+def test_load_without_hash_check_needs_files(bert_patch_dir: Path, tmp_path: Path) -> None:
+    patch_dir = copy_tree(bert_patch_dir, tmp_path / "patch")
+    (patch_dir / ORIGINALS_NAME).unlink()
+    with pytest.raises(PatchFormatError, match="original_values.safetensors is missing"):
+        load_patch(patch_dir, check_file_hashes=False)
+
+
+# ----- PEFT passthrough tensors (DistilBERT's pre_classifier) -----
+
+
+@pytest.fixture(scope="module")
+def distilbert_model():
+    return make_tiny_classifier("distilbert")
+
+
+@pytest.fixture(scope="module")
+def distilbert_patch_dir(tmp_path_factory: pytest.TempPathFactory, distilbert_model) -> Path:
+    directory = tmp_path_factory.mktemp("distilbert") / "patch"
+    make_patch(distilbert_model).save_pretrained(directory)
+    return directory
+
+
+def test_passthrough_adapter_keys_hold_base_values(distilbert_model, distilbert_patch_dir: Path) -> None:
+    tensors = read_tensors(distilbert_patch_dir / ADAPTER_WEIGHTS_NAME)
+    rows_key = f"base_model.model.{DISTILBERT_EMBEDDING}.token_adapter.trainable_tokens_delta"
+    head_keys = {"base_model.model.classifier.weight", "base_model.model.classifier.bias"}
+    assert set(tensors) == {rows_key, *head_keys, PASSTHROUGH_WEIGHT_KEY, "base_model.model.pre_classifier.bias"}
+    assert tensor_digest(tensors[PASSTHROUGH_WEIGHT_KEY]) == tensor_digest(distilbert_model.pre_classifier.weight)
+    assert tensor_digest(tensors["base_model.model.pre_classifier.bias"]) == tensor_digest(distilbert_model.pre_classifier.bias)
+
+
+def test_passthrough_not_in_original_values(distilbert_patch_dir: Path) -> None:
+    tensors = read_tensors(distilbert_patch_dir / ORIGINALS_NAME)
+    assert set(tensors) == {f"{DISTILBERT_EMBEDDING}.weight.rows", "classifier.weight", "classifier.bias"}
+
+
+def test_manifest_lists_passthrough(distilbert_patch_dir: Path) -> None:
+    assert read_manifest(distilbert_patch_dir)["peft_passthrough"] == PASSTHROUGH
+
+
+def test_manifest_omits_empty_passthrough(bert_patch_dir: Path) -> None:
+    assert "peft_passthrough" not in read_manifest(bert_patch_dir)
+
+
+def test_passthrough_not_counted_as_modified(distilbert_patch_dir: Path) -> None:
+    modified = read_manifest(distilbert_patch_dir)["parameters_modified"]
+    assert modified["count"] == len(PATCH_TOKEN_IDS) * 32 + 3 * 32 + 3
+
+
+@pytest.mark.parametrize("dtype", DTYPES.values(), ids=DTYPES.keys())
+def test_passthrough_round_trip_bit_exact(dtype: torch.dtype, tmp_path: Path) -> None:
+    model = make_tiny_classifier("distilbert", dtype)
+    loaded = save_and_load(make_patch(model), tmp_path / "patch")
+    assert sorted(loaded.peft_passthrough) == PASSTHROUGH
+    assert tensor_digest(loaded.peft_passthrough["pre_classifier.weight"]) == tensor_digest(model.pre_classifier.weight)
+    assert tensor_digest(loaded.peft_passthrough["pre_classifier.bias"]) == tensor_digest(model.pre_classifier.bias)
+    assert loaded.original_values().passthrough.keys() == loaded.new_values().passthrough.keys()
+
+
+def _documented_fingerprint(token_ids, values: TouchedValues, shape, dtype_name: str) -> str:
+    """Hash the bytes that docs/patch-format.md lists, step by step."""
+    digest = hashlib.sha256(b"steu-patch fingerprint v1\n")
+    digest.update(json.dumps({"shape": list(shape), "dtype": dtype_name}).encode())
+    digest.update(b"".join(int(token_id).to_bytes(8, "little", signed=True) for token_id in token_ids))
+    digest.update(values.rows.contiguous().view(torch.uint8).numpy().tobytes())
+    for name in sorted(values.head):
+        tensor = values.head[name]
+        digest.update(name.encode() + b"\0" + json.dumps(list(tensor.shape)).encode())
+        digest.update(tensor.contiguous().view(torch.uint8).numpy().tobytes())
+    if values.passthrough:
+        digest.update(b"peft passthrough\0")
+        for name in sorted(values.passthrough):
+            tensor = values.passthrough[name]
+            digest.update(name.encode() + b"\0" + json.dumps({"shape": list(tensor.shape), "dtype": dtype_name}).encode())
+            digest.update(tensor.contiguous().view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def _with_passthrough(values: TouchedValues) -> TouchedValues:
+    generator = torch.Generator().manual_seed(3)
+    passthrough = {"pre.weight": torch.randn(4, 4, generator=generator), "pre.bias": torch.randn(4, generator=generator)}
+    return TouchedValues(values.rows, values.head, passthrough)
+
+
+def test_fingerprint_follows_documented_bytes() -> None:
+    values = _values()
+    assert compute_fingerprint([1, 2, 3], values, (10, 4), torch.float32) == _documented_fingerprint([1, 2, 3], values, (10, 4), "float32")
+
+
+def test_fingerprint_passthrough_follows_documented_bytes() -> None:
+    values = _with_passthrough(_values())
+    assert compute_fingerprint([1, 2, 3], values, (10, 4), torch.float32) == _documented_fingerprint([1, 2, 3], values, (10, 4), "float32")
+
+
+def test_fingerprint_covers_passthrough_bit() -> None:
+    values = _with_passthrough(_values())
+    changed = dict(values.passthrough, **{"pre.weight": _flip_low_bit(values.passthrough["pre.weight"])})
+    changed_values = TouchedValues(values.rows, values.head, changed)
+    assert compute_fingerprint([1, 2, 3], values, (10, 4), torch.float32) != compute_fingerprint([1, 2, 3], changed_values, (10, 4), torch.float32)
+
+
+def test_fingerprint_covers_passthrough_dtype() -> None:
+    values = _values()
+    half = TouchedValues(values.rows, values.head, {"pre.bias": torch.ones(4, dtype=torch.float16)})
+    same_bytes = TouchedValues(values.rows, values.head, {"pre.bias": half.passthrough["pre.bias"].view(torch.bfloat16)})
+    assert compute_fingerprint([1, 2, 3], half, (10, 4), torch.float32) != compute_fingerprint([1, 2, 3], same_bytes, (10, 4), torch.float32)
+
+
+def test_distilbert_fingerprint_covers_passthrough(distilbert_model) -> None:
+    with_passthrough = make_patch(distilbert_model)
+    without = make_patch(distilbert_model, peft_passthrough=False)
+    values = without.original_values()
+    assert without.fingerprint == compute_fingerprint(PATCH_TOKEN_IDS, values, (VOCAB_SIZE, 32), torch.float32)
+    assert with_passthrough.fingerprint != without.fingerprint
+
+
+def test_build_takes_passthrough_from_original(distilbert_model) -> None:
+    patch = make_patch(distilbert_model)
+    rebuilt = _build(distilbert_model, embedding_module=DISTILBERT_EMBEDDING, original=patch.original_values())
+    assert rebuilt.manifest["peft_passthrough"] == PASSTHROUGH
+    assert rebuilt.fingerprint == patch.fingerprint
+
+
+def test_build_empty_passthrough_overrides_original(distilbert_model) -> None:
+    patch = make_patch(distilbert_model)
+    rebuilt = _build(distilbert_model, embedding_module=DISTILBERT_EMBEDDING, original=patch.original_values(), peft_passthrough={})
+    assert "peft_passthrough" not in rebuilt.manifest
+    assert rebuilt.peft_passthrough == {}
+
+
+def test_build_rejects_nan_passthrough(distilbert_model) -> None:
+    passthrough = peft_passthrough_values(distilbert_model, "classifier")
+    passthrough["pre_classifier.bias"][2] = float("inf")
+    with pytest.raises(PatchFormatError, match="PEFT passthrough tensor pre_classifier.bias contain 1 NaN or infinite"):
+        _build(distilbert_model, embedding_module=DISTILBERT_EMBEDDING, peft_passthrough=passthrough)
+
+
+def test_build_rejects_passthrough_dtype(distilbert_model) -> None:
+    passthrough = {name: tensor.half() for name, tensor in peft_passthrough_values(distilbert_model, "classifier").items()}
+    with pytest.raises(PatchFormatError, match="pre_classifier.bias have dtype torch.float16, but the manifest declares torch.float32"):
+        _build(distilbert_model, embedding_module=DISTILBERT_EMBEDDING, peft_passthrough=passthrough)
+
+
+def test_build_rejects_passthrough_of_head(distilbert_model) -> None:
+    passthrough = {"classifier.bias": distilbert_model.classifier.bias.detach().clone()}
+    with pytest.raises(PatchFormatError, match="'classifier.bias' is not a parameter of a module other than"):
+        _build(distilbert_model, embedding_module=DISTILBERT_EMBEDDING, peft_passthrough=passthrough)
+
+
+PASSTHROUGH_DAMAGES: dict[str, tuple[Callable[[Path], None], str]] = {
+    "passthrough tensor missing": (
+        lambda d: rewrite_patch_file(d, ADAPTER_WEIGHTS_NAME, lambda t: t.pop(PASSTHROUGH_WEIGHT_KEY)),
+        r"missing: \['base_model.model.pre_classifier.weight'\]",
+    ),
+    "passthrough not listed": (
+        lambda d: edit_json(d / MANIFEST_NAME, lambda m: m.pop("peft_passthrough")),
+        r"unexpected: \['base_model.model.pre_classifier.bias', 'base_model.model.pre_classifier.weight'\]",
+    ),
+    "passthrough list unsorted": (
+        lambda d: edit_json(d / MANIFEST_NAME, lambda m: m["peft_passthrough"].reverse()),
+        r"lists the PEFT passthrough tensors \['pre_classifier.weight', 'pre_classifier.bias'\]",
+    ),
+    "passthrough list repeats": (
+        lambda d: edit_json(d / MANIFEST_NAME, lambda m: m["peft_passthrough"].append("pre_classifier.weight")),
+        "must be sorted, without repeats",
+    ),
+    "passthrough list a string": (
+        lambda d: edit_json(d / MANIFEST_NAME, lambda m: m.update(peft_passthrough="pre_classifier.weight")),
+        r"invalid field\(s\) peft_passthrough \(expected a list of strings\)",
+    ),
+    "passthrough names head": (
+        lambda d: edit_json(d / MANIFEST_NAME, lambda m: m["peft_passthrough"].insert(0, "classifier.bias")),
+        "'classifier.bias' is not a parameter of a module other than",
+    ),
+    "nan in passthrough": (
+        lambda d: rewrite_patch_file(d, ADAPTER_WEIGHTS_NAME, _set_nan(PASSTHROUGH_WEIGHT_KEY)),
+        "PEFT passthrough tensor pre_classifier.weight contain 1 NaN",
+    ),
+    "fp16 passthrough in fp32 patch": (
+        lambda d: rewrite_patch_file(d, ADAPTER_WEIGHTS_NAME, lambda t: t.update({PASSTHROUGH_WEIGHT_KEY: t[PASSTHROUGH_WEIGHT_KEY].half()})),
+        "pre_classifier.weight have dtype torch.float16, but the manifest declares torch.float32",
+    ),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("damage", PASSTHROUGH_DAMAGES, ids=PASSTHROUGH_DAMAGES)
+def test_load_rejects_damaged_passthrough(damage: str, distilbert_patch_dir: Path, tmp_path: Path) -> None:
+    edit, message = PASSTHROUGH_DAMAGES[damage]
+    patch_dir = copy_tree(distilbert_patch_dir, tmp_path / "patch")
+    edit(patch_dir)
+    with pytest.raises(PatchFormatError, match=message):
+        load_patch(patch_dir)

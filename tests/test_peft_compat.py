@@ -7,6 +7,7 @@ fails here, and then checks how steu-patch avoids it.
 from __future__ import annotations
 
 import contextlib
+import copy
 import dataclasses
 import logging
 import re
@@ -32,14 +33,22 @@ from conftest import (
     tensor_digest,
 )
 from peft import LoraConfig, PeftConfig, PeftModel, TrainableTokensConfig, get_peft_model, set_peft_model_state_dict
+from peft.utils.other import ModulesToSaveWrapper
 from safetensors.torch import load_file
+from torch import nn
 from transformers import AutoModelForSequenceClassification
 
 from steu_patch.apply import PatchedModel, apply_patch, revert_patch
 from steu_patch.checkpoint import write_patched_model
-from steu_patch.errors import PatchFormatError
+from steu_patch.errors import FingerprintMismatchError, PatchFormatError, UnsupportedModelError
 from steu_patch.models import find_editable_parts
-from steu_patch.patch import ADAPTER_CONFIG_NAME, NO_LORA_TARGETS, load_patch
+from steu_patch.patch import (
+    ADAPTER_CONFIG_NAME,
+    NO_LORA_TARGETS,
+    load_patch,
+    peft_passthrough_values,
+    peft_wrapped_modules,
+)
 
 CASES = [pytest.param(arch, dtype_id, id=f"{arch}-{dtype_id}") for arch in ARCHITECTURES for dtype_id in DTYPES]
 KEY_WARNING = re.compile(r"missing|unexpected|not initiali[sz]ed|were not used", re.IGNORECASE)
@@ -79,14 +88,34 @@ def peft_base_name(name: str) -> str | None:
     return name.replace(".token_adapter.base_layer.", ".").replace(".original_module.", ".")
 
 
+def saved_setup(arch: str, directory: Path, *, peft_passthrough: bool = True):
+    """Return a tiny model of ``arch``, its saved directory and a saved patch for it."""
+    model = make_tiny_classifier(arch)
+    model_dir = save_model_dir(model, directory / "base")
+    patch_dir = directory / "patch"
+    make_patch(model, peft_passthrough=peft_passthrough).save_pretrained(patch_dir)
+    return model, model_dir, patch_dir
+
+
 @pytest.fixture
 def bert_setup(tmp_path: Path):
     """A saved tiny BERT, a saved patch for it, and the in-memory model."""
-    model = make_tiny_classifier("bert")
-    model_dir = save_model_dir(model, tmp_path / "base")
-    patch_dir = tmp_path / "patch"
-    make_patch(model).save_pretrained(patch_dir)
-    return model, model_dir, patch_dir
+    return saved_setup("bert", tmp_path)
+
+
+@pytest.fixture
+def distilbert_setup(tmp_path: Path):
+    """A saved tiny DistilBERT, a saved patch for it with PEFT passthrough tensors, and the model."""
+    return saved_setup("distilbert", tmp_path)
+
+
+def peft_wrapper_names(peft_model: nn.Module) -> list[str]:
+    """Return the base-model names of the modules PEFT wrapped with ModulesToSaveWrapper."""
+    return [
+        name.removeprefix("base_model.model.")
+        for name, module in peft_model.named_modules()
+        if isinstance(module, ModulesToSaveWrapper)
+    ]
 
 
 # ----- stock PEFT loads the patch exactly -----
@@ -170,8 +199,9 @@ def test_peft_copies_hold_patch_values(bert_setup) -> None:
     assert tensor_digest(parameters["base_model.model.classifier.modules_to_save.default.bias"]) == tensor_digest(patch.new_head["bias"])
 
 
-def test_peft_merge_and_unload_equals_disk_patch(bert_setup, tmp_path: Path) -> None:
-    _, model_dir, patch_dir = bert_setup
+@pytest.mark.parametrize("arch", ["bert", "distilbert"])
+def test_peft_merge_and_unload_equals_disk_patch(arch: str, tmp_path: Path) -> None:
+    _, model_dir, patch_dir = saved_setup(arch, tmp_path)
     write_patched_model(model_dir, load_patch(patch_dir), tmp_path / "patched")
     on_disk = AutoModelForSequenceClassification.from_pretrained(tmp_path / "patched")
     peft_model, _ = load_with_peft(model_dir, patch_dir, torch.float32)
@@ -185,6 +215,123 @@ def test_peft_reads_adapter_config(bert_setup) -> None:
     assert config.target_modules == NO_LORA_TARGETS
     assert config.trainable_token_indices == {"bert.embeddings.word_embeddings": list(PATCH_TOKEN_IDS)}
     assert config.modules_to_save == ["classifier"]
+
+
+# ----- PEFT passthrough tensors -----
+
+
+@pytest.mark.parametrize("arch", ARCHITECTURES)
+def test_passthrough_names_match_peft_wrappers(arch: str, tmp_path: Path) -> None:
+    model, model_dir, patch_dir = saved_setup(arch, tmp_path)
+    head = find_editable_parts(model).head_name
+    base = AutoModelForSequenceClassification.from_pretrained(model_dir)
+    peft_model = PeftModel(base, PeftConfig.from_pretrained(patch_dir))
+    wrapped = peft_wrapper_names(peft_model)
+    assert peft_wrapped_modules(model, head) == wrapped
+    modules = dict(model.named_modules())
+    expected = {f"{name}.{key}" for name in wrapped if name != head for key in modules[name].state_dict()}
+    assert set(peft_passthrough_values(model, head)) == expected
+    assert load_patch(patch_dir).manifest.get("peft_passthrough", []) == sorted(expected)
+
+
+def test_passthrough_only_for_distilbert() -> None:
+    found = {}
+    for arch in ARCHITECTURES:
+        model = make_tiny_classifier(arch)
+        found[arch] = list(peft_passthrough_values(model, find_editable_parts(model).head_name))
+    assert found.pop("distilbert") == ["pre_classifier.bias", "pre_classifier.weight"]
+    assert found == {arch: [] for arch in ARCHITECTURES if arch != "distilbert"}
+
+
+class SuffixNames(nn.Module):
+    """Modules whose names end with "classifier" as strings, as dotted paths, or not at all."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(10, 4)
+        self.pre_classifier = nn.Linear(4, 4)
+        self.classifier_norm = nn.LayerNorm(4)
+        self.block = nn.ModuleDict({"xclassifier": nn.Linear(4, 4), "classifier": nn.Linear(4, 4, bias=False)})
+        self.classifier = nn.Linear(4, 2)
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.embed(input_ids))
+
+
+def test_wrapped_modules_follow_peft_suffix_rule() -> None:
+    peft_model = get_peft_model(SuffixNames(), LoraConfig(r=1, target_modules=NO_LORA_TARGETS, modules_to_save=["classifier"]))
+    expected = ["pre_classifier", "block.xclassifier", "block.classifier", "classifier"]
+    assert peft_wrapper_names(peft_model) == expected
+    assert peft_wrapped_modules(SuffixNames(), "classifier") == expected
+
+
+def test_passthrough_values_cover_wrapped_state() -> None:
+    model = SuffixNames()
+    values = peft_passthrough_values(model, "classifier")
+    assert list(values) == ["block.classifier.weight", "block.xclassifier.bias", "block.xclassifier.weight", "pre_classifier.bias", "pre_classifier.weight"]
+    assert tensor_digest(values["block.classifier.weight"]) == tensor_digest(model.block.classifier.weight)
+
+
+def test_passthrough_values_reject_unknown_head() -> None:
+    with pytest.raises(UnsupportedModelError, match="has no module 'score'"):
+        peft_passthrough_values(make_tiny_classifier("distilbert"), "score")
+
+
+def test_passthrough_values_reject_mixed_dtype() -> None:
+    model = make_tiny_classifier("distilbert", torch.float16)
+    model.pre_classifier.float()
+    with pytest.raises(UnsupportedModelError, match="also wraps 'pre_classifier', whose tensor 'weight' is torch.float32"):
+        peft_passthrough_values(model, "classifier")
+
+
+def test_peft_copies_hold_passthrough_values(distilbert_setup) -> None:
+    model, model_dir, patch_dir = distilbert_setup
+    peft_model, _ = load_with_peft(model_dir, patch_dir, torch.float32)
+    parameters = dict(peft_model.named_parameters())
+    for name in ("weight", "bias"):
+        copy = parameters[f"base_model.model.pre_classifier.modules_to_save.default.{name}"]
+        assert tensor_digest(copy) == tensor_digest(getattr(model.pre_classifier, name)), name
+
+
+def test_apply_rejects_changed_passthrough(distilbert_setup) -> None:
+    model, _, patch_dir = distilbert_setup
+    patch = load_patch(patch_dir)
+    other = changed_pre_classifier(model)
+    before = model_digests(other)
+    with pytest.raises(FingerprintMismatchError) as caught:
+        apply_patch(other, patch)
+    message = str(caught.value)
+    assert "differing: PEFT passthrough tensor pre_classifier.weight)" in message
+    assert patch.fingerprint in message
+    assert model_digests(other) == before
+
+
+def test_disk_apply_rejects_changed_passthrough(distilbert_setup, tmp_path: Path) -> None:
+    model, _, patch_dir = distilbert_setup
+    other_dir = save_model_dir(changed_pre_classifier(model), tmp_path / "other")
+    with pytest.raises(FingerprintMismatchError, match="differing: PEFT passthrough tensor pre_classifier.weight"):
+        write_patched_model(other_dir, load_patch(patch_dir), tmp_path / "patched")
+    assert not (tmp_path / "patched").exists()
+
+
+def test_force_over_changed_passthrough_reverts(distilbert_setup) -> None:
+    model, _, patch_dir = distilbert_setup
+    patch = load_patch(patch_dir)
+    other = changed_pre_classifier(model)
+    changed_weight = tensor_digest(other.pre_classifier.weight)
+    apply_patch(other, patch, force=True)
+    assert tensor_digest(other.pre_classifier.weight) == changed_weight
+    revert_patch(other, patch)
+    assert tensor_digest(other.pre_classifier.weight) == changed_weight
+    assert model_digests(other) == model_digests(changed_pre_classifier(model))
+
+
+def changed_pre_classifier(model: nn.Module) -> nn.Module:
+    """Return a copy of a DistilBERT ``model`` with the lowest bit of one pre_classifier weight flipped."""
+    other = copy.deepcopy(model)
+    with torch.no_grad():
+        other.pre_classifier.weight.view(torch.int32).view(-1)[0] ^= 1
+    return other
 
 
 # ----- trap 1: TrainableTokensConfig cannot carry a head -----
@@ -231,6 +378,23 @@ def test_trap_no_trainable_tokens_rejected_by_loader(bert_setup) -> None:
     edit_json(patch_dir / ADAPTER_CONFIG_NAME, lambda config: config.pop("trainable_token_indices"))
     with pytest.raises(PatchFormatError, match="sets trainable_token_indices=None"):
         load_patch(patch_dir)
+
+
+# ----- trap 6: modules_to_save matches module names by string suffix -----
+
+
+def test_trap_suffix_match_needs_passthrough(tmp_path: Path) -> None:
+    _, model_dir, patch_dir = saved_setup("distilbert", tmp_path, peft_passthrough=False)
+    base = AutoModelForSequenceClassification.from_pretrained(model_dir).eval()
+    # peft 0.21.2 wraps pre_classifier too and then looks up its tensors in the adapter file.
+    with pytest.raises(KeyError, match="base_model.model.pre_classifier.weight"):
+        PeftModel.from_pretrained(base, patch_dir)
+
+
+def test_trap_suffix_match_loads_with_passthrough(distilbert_setup) -> None:
+    _, model_dir, patch_dir = distilbert_setup
+    peft_model, _ = load_with_peft(model_dir, patch_dir, torch.float32)
+    assert peft_wrapper_names(peft_model) == ["pre_classifier", "classifier"]
 
 
 # ----- trap 3: PEFT unload() keeps the edited head copy -----
