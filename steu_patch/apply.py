@@ -158,12 +158,14 @@ def _parameters(model: nn.Module, patch: ForgetPatch) -> dict[str, torch.Tensor]
 
 def _passthrough_tensor(model: nn.Module, name: str) -> torch.Tensor:
     module_name, _, attribute = name.rpartition(".")
-    module = _module(model, module_name, "a module that stock PEFT wraps with the head")
-    tensor = getattr(module, attribute, None)
+    try:
+        tensor = getattr(model.get_submodule(module_name), attribute, None)
+    except AttributeError:
+        tensor = None
     if not isinstance(tensor, torch.Tensor):
         raise UnsupportedModelError(
-            f"The model's module {module_name!r} has no tensor {attribute!r}, which the patch records as a PEFT "
-            "passthrough tensor; it is not the architecture the patch was created for."
+            f"The model {type(model).__name__} has no tensor {name!r}, which the patch records as a PEFT passthrough "
+            "tensor; it is not the architecture the patch was created for."
         )
     return tensor
 

@@ -326,6 +326,14 @@ def test_force_over_changed_passthrough_reverts(distilbert_setup) -> None:
     assert model_digests(other) == model_digests(changed_pre_classifier(model))
 
 
+def test_apply_rejects_model_without_passthrough(distilbert_setup) -> None:
+    model, _, patch_dir = distilbert_setup
+    other = copy.deepcopy(model)
+    other.pre_classifier = nn.Identity()
+    with pytest.raises(UnsupportedModelError, match="has no tensor 'pre_classifier.bias', which the patch records"):
+        apply_patch(other, load_patch(patch_dir))
+
+
 def changed_pre_classifier(model: nn.Module) -> nn.Module:
     """Return a copy of a DistilBERT ``model`` with the lowest bit of one pre_classifier weight flipped."""
     other = copy.deepcopy(model)
