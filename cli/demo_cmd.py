@@ -9,7 +9,7 @@ import click
 
 from .output import echo_table
 
-_RECIPE_DEFAULTS = {"epochs": 6.0, "learning_rate": 1e-4, "batch_size": 16, "max_length": 256, "seed": 0}
+_RECIPE_DEFAULTS = {"epochs": 3.0, "learning_rate": 1e-4, "batch_size": 16, "max_length": 128, "seed": 0}
 
 
 def _recipe_options(function):
