@@ -9,7 +9,9 @@ import click
 
 from .output import echo_table
 
-_RECIPE_DEFAULTS = {"epochs": 3.0, "learning_rate": 1e-4, "batch_size": 16, "max_length": 128, "seed": 0}
+from steu_patch.demo import ClassifierRecipe
+
+_RECIPE = ClassifierRecipe()
 
 
 def _recipe_options(function):
@@ -18,10 +20,10 @@ def _recipe_options(function):
         click.option("--encoder", default=None, help="Pretrained encoder directory or Hub id [default: the bundled all-MiniLM-L6-v2]."),
         click.option("--data", "data", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
                      help="Prepared gzip CSV with text,label,split columns [default: the bundled MTSamples subset]."),
-        click.option("--finetune-epochs", type=click.FloatRange(min=0, min_open=True), default=_RECIPE_DEFAULTS["epochs"], show_default=True, help="Fine-tuning epochs."),
-        click.option("--finetune-lr", type=click.FloatRange(min=0, min_open=True), default=_RECIPE_DEFAULTS["learning_rate"], show_default=True, help="Fine-tuning peak learning rate."),
-        click.option("--max-length", type=click.IntRange(min=8, max=512), default=_RECIPE_DEFAULTS["max_length"], show_default=True, help="Tokens per note."),
-        click.option("--seed", type=int, default=_RECIPE_DEFAULTS["seed"], show_default=True, help="Random seed."),
+        click.option("--finetune-epochs", type=click.FloatRange(min=0, min_open=True), default=_RECIPE.epochs, show_default=True, help="Fine-tuning epochs."),
+        click.option("--finetune-lr", type=click.FloatRange(min=0, min_open=True), default=_RECIPE.learning_rate, show_default=True, help="Fine-tuning peak learning rate."),
+        click.option("--max-length", type=click.IntRange(min=8, max=512), default=_RECIPE.max_length, show_default=True, help="Tokens per note."),
+        click.option("--seed", type=int, default=_RECIPE.seed, show_default=True, help="Random seed."),
     ]
     for option in reversed(options):
         function = option(function)
@@ -29,8 +31,6 @@ def _recipe_options(function):
 
 
 def _recipe(encoder, data, finetune_epochs, finetune_lr, max_length, seed):
-    from steu_patch.demo import ClassifierRecipe
-
     return ClassifierRecipe(
         encoder=encoder, data=None if data is None else str(data), epochs=finetune_epochs,
         learning_rate=finetune_lr, max_length=max_length, seed=seed,
