@@ -261,6 +261,8 @@ def prepare_data(
     forget_ids = tuple(resolve_labels(list(forget_classes), id2label))
     load = dict(id2label=id2label, text_column=text_column, label_column=label_column, multi_label=multi_label,
                 forget_label_ids=forget_ids)  # fmt: skip
+    if eval_data is None and eval_split is not None:
+        _check_eval_split(data, split, eval_split)
     texts, report = load_texts(data, split=split, **load)
     if eval_data is not None or eval_split is not None:
         source = data if eval_data is None else eval_data
@@ -273,6 +275,21 @@ def prepare_data(
 
 
 # ----- checks -----
+
+
+def _check_eval_split(data: str | os.PathLike, split: str | None, eval_split: str) -> None:
+    """Raise :class:`DataError` when ``eval_split`` of ``data`` would be the training texts themselves."""
+    if Path(data).is_file():
+        raise DataError(
+            f"--eval-split {eval_split!r} cannot select evaluation texts from {data}: a single data file has no "
+            "splits, so the patch would be evaluated on its training texts. Pass --eval-data with separate texts, "
+            "or omit --eval-split to hold out 20% of the data."
+        )
+    if eval_split == split:
+        raise DataError(
+            f"--eval-split and --split both name {split!r}, so the patch would be evaluated on its training texts. "
+            "Name another split with --eval-split, or omit it to hold out 20% of the data."
+        )
 
 
 def _class_counts(data: LabeledTexts) -> Counter:

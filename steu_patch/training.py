@@ -272,8 +272,11 @@ class BalancedBatchSampler(Sampler[list[int]]):
     """
 
     def __init__(self, forget_indices: Sequence[int], retain_indices: Sequence[int], *, batch_size: int, steps_per_epoch: int, seed: int) -> None:
-        if not forget_indices or not retain_indices:
-            raise DataError("Balanced batches need at least one forget text and one retained text.")
+        if len(forget_indices) == 0 or len(retain_indices) == 0:
+            raise DataError(
+                f"Balanced batches need forget and retained texts, but got {len(forget_indices)} forget and "
+                f"{len(retain_indices)} retained text(s). Pass training texts of the forget and the retained classes."
+            )
         self.forget_indices = np.asarray(forget_indices, dtype=np.int64)
         self.retain_indices = np.asarray(retain_indices, dtype=np.int64)
         self.batch_size = batch_size

@@ -305,6 +305,30 @@ def test_create_eval_data_file(model_dir, data_file, tmp_path):
     assert eval_split["held_out_fraction"] is None
 
 
+def test_create_dataset_splits(model_dir, tmp_path):
+    from datasets import Dataset, DatasetDict
+
+    def split(rows):
+        return Dataset.from_dict({"text": [text for text, _ in rows], "label": [label for _, label in rows]})
+
+    data = tmp_path / "dataset"
+    DatasetDict({
+        "train": split(single_label_rows(seed=3, per_class=40, counts=COUNTS)),
+        "validation": split(single_label_rows(seed=4, per_class=10)),
+    }).save_to_disk(str(data))  # fmt: skip
+    output = tmp_path / "patch"
+    result = invoke(
+        "create", str(model_dir), "--data", str(data), "--split", "train", "--eval-split", "validation",
+        "--forget-class", "cardio", "--top-k", "12", "-o", str(output),
+    )
+    metrics = manifest_of(output)["metrics"]
+
+    assert result.exit_code == 0, result.output
+    assert metrics["eval_split"]["split"] == "validation"
+    assert metrics["eval_split"]["texts"] == 10 * len(LABELS)
+    assert metrics["data"]["label_counts"]["cardio"] == 30
+
+
 # ----- create through the Python API -----
 
 
@@ -380,6 +404,13 @@ def test_too_few_forget_texts(model_dir, tmp_path):
     result = invoke("create", str(model_dir), "--data", str(data), "--forget-class", "cardio", "-o", str(output))
 
     assert_failed_cleanly(result, output, "'cardio'", "--min-doc-freq")
+
+
+def test_eval_split_of_single_file(model_dir, data_file, tmp_path):
+    output = tmp_path / "patch"
+    result = invoke("create", str(model_dir), "--data", str(data_file), "--eval-split", "test", "--forget-class", "cardio", "-o", str(output))
+
+    assert_failed_cleanly(result, output, "--eval-split 'test'", "--eval-data")
 
 
 def test_top_k_larger_than_vocabulary(model_dir, data_file, tmp_path):

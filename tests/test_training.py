@@ -14,6 +14,7 @@ from transformers import (
 
 from steu_patch.create import load_classifier
 from steu_patch.data import LabeledTexts
+from steu_patch.errors import DataError
 from steu_patch.models import find_editable_parts
 from steu_patch.selection import select_tokens
 from steu_patch.training import (
@@ -153,6 +154,11 @@ def test_sampler_new_order_each_epoch():
     epochs = sampler(seed=5)
 
     assert list(epochs) != list(epochs)
+
+
+def test_sampler_rejects_missing_group():
+    with pytest.raises(DataError, match="0 forget"):
+        BalancedBatchSampler([], [1, 2], batch_size=4, steps_per_epoch=1, seed=0)
 
 
 # ----- the PEFT adapter -----
