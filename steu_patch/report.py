@@ -13,7 +13,7 @@ import io
 import logging
 import math
 import os
-import tempfile
+import uuid
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -243,7 +243,7 @@ def plot_confusion_matrices(data: dict[str, Any]) -> str | None:
         return None
     labels = before["labels"]
     size = max(4.0, 0.45 * len(labels) + 2)
-    figure = Figure(figsize=(2 * size, size))
+    figure = Figure(figsize=(2 * size, size), layout="constrained")
     for index, (title, metrics) in enumerate((("before (base)", before), ("after (patched)", after))):
         axes = figure.add_subplot(1, 2, index + 1)
         matrix = metrics["confusion_matrix"]
@@ -254,9 +254,10 @@ def plot_confusion_matrices(data: dict[str, Any]) -> str | None:
                 color = "white" if count > largest / 2 else "black"
                 axes.text(column, row, str(count), ha="center", va="center", fontsize=7, color=color)
         axes.set_xticks(range(len(labels)), labels, rotation=90, fontsize=7)
-        axes.set_yticks(range(len(labels)), labels, fontsize=7)
+        # Both matrices share the class order, so only the left one repeats the class names.
+        axes.set_yticks(range(len(labels)), labels if index == 0 else [], fontsize=7)
         axes.set_xlabel("predicted")
-        axes.set_ylabel("true")
+        axes.set_ylabel("true" if index == 0 else "")
         axes.set_title(f"Confusion matrix, {title}")
     return _png(figure)
 
@@ -389,13 +390,14 @@ def write_html(report: AuditReport, path: str | os.PathLike) -> Path:
     """Write the HTML report to ``path`` through a temporary file renamed into place."""
     path = Path(path)
     document = render_html(report)
-    descriptor, temporary = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
+    # A named file opened with "x" gets the umask's permissions, unlike tempfile.mkstemp (0600).
+    temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
     try:
-        with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
+        with open(temporary, "x", encoding="utf-8") as handle:
             handle.write(document)
         os.replace(temporary, path)
     except BaseException:
-        Path(temporary).unlink(missing_ok=True)
+        temporary.unlink(missing_ok=True)
         raise
     logger.info("Wrote the HTML audit report to %s", path)
     return path

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import random
 import shutil
 import subprocess
@@ -597,6 +598,9 @@ def test_html_report_self_contained(workspace, data_report, tmp_path):
     assert "https://" not in document
     assert "<script" not in document
     assert [path.name for path in tmp_path.iterdir()] == ["audit.html"]
+    umask = os.umask(0)
+    os.umask(umask)
+    assert html_path.stat().st_mode & 0o777 == 0o666 & ~umask
 
 
 def test_html_report_opens_in_chromium(workspace, tmp_path):
