@@ -266,6 +266,23 @@ def test_wrong_base_fails_fingerprint(workspace):
     assert report["base"]["fingerprint_matches"] is False
 
 
+def test_incompatible_base_fails(workspace, tmp_path):
+    config = BertConfig(vocab_size=40, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32, num_labels=3)
+    BertForSequenceClassification(config).save_pretrained(tmp_path / "other")
+    args = [str(workspace["patch"]), "--base", str(tmp_path / "other"), "--model", str(workspace["patched"])]
+
+    code, report = audit_json(*args)
+    text_code, text = run_audit(*args)
+
+    assert code == 1
+    assert "belongs to another model" in check(report, "base_fingerprint")["detail"]
+    assert report["base"]["error"] is not None
+    assert check(report, "model_patched_values")["passed"] is False
+    assert report["model"]["comparison"] is None
+    assert text_code == 1
+    assert "steu-patch audit: FAILED" in text
+
+
 def test_wrong_base_skips_data(workspace):
     code, report = audit_json(str(workspace["patch"]), "--base", str(workspace["patched"]), "--data", str(workspace["data"]))
 
