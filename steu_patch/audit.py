@@ -208,9 +208,7 @@ def _load_for_audit(patch_dir: Path) -> tuple[ForgetPatch, dict[str, dict[str, A
         expected = (manifest.get("files") or {}).get(name)
         files[name] = {"manifest_sha256": expected, "actual_sha256": actual, "matches": actual is not None and actual == expected}
 
-    if all(entry["matches"] for entry in files.values()):
-        return load_patch(patch_dir), files
-    return _load_without_hash_check(patch_dir), files
+    return load_patch(patch_dir, check_file_hashes=False), files
 
 
 def _read_manifest_for_hashes(patch_dir: Path) -> dict[str, Any]:
@@ -221,36 +219,6 @@ def _read_manifest_for_hashes(patch_dir: Path) -> dict[str, Any]:
     if not patch_dir.is_dir():
         raise PatchFormatError(f"Patch {patch_dir} is a file; a forget patch is a directory containing steu_patch.json.")
     return _read_manifest(patch_dir)
-
-
-def _load_without_hash_check(patch_dir: Path) -> ForgetPatch:
-    # NOTE: patch.py exposes no loader that skips the file-hash check, so this repeats
-    # load_patch() without it, through patch.py's private readers.
-    from .patch import _check_adapter_config, _read_manifest, _read_safetensors, _reject_pickles, adapter_weight_keys, validate_patch
-
-    _reject_pickles(patch_dir)
-    manifest = _read_manifest(patch_dir)
-    for name in (ADAPTER_WEIGHTS_NAME, ORIGINALS_NAME):
-        if not (patch_dir / name).is_file():
-            raise PatchFormatError(f"Patch {patch_dir} is incomplete: {name} is missing.")
-    head_parameters = manifest["head_parameters"]
-    keys = adapter_weight_keys(manifest["embedding_module"], manifest["head_module"], head_parameters)
-    adapter = _read_safetensors(patch_dir / ADAPTER_WEIGHTS_NAME, list(keys.values()))
-    original_keys = {"rows": f"{manifest['embedding_module']}.weight.rows"}
-    original_keys.update({name: f"{manifest['head_module']}.{name}" for name in head_parameters})
-    originals = _read_safetensors(patch_dir / ORIGINALS_NAME, list(original_keys.values()))
-    patch = ForgetPatch(
-        manifest=manifest,
-        token_ids=[int(token["id"]) for token in manifest["tokens"]],
-        new_rows=adapter[keys["rows"]],
-        original_rows=originals[original_keys["rows"]],
-        new_head={name: adapter[keys[f"head.{name}"]] for name in head_parameters},
-        original_head={name: originals[original_keys[name]] for name in head_parameters},
-        source=str(patch_dir),
-    )
-    validate_patch(patch)
-    _check_adapter_config(patch_dir, patch)
-    return patch
 
 
 def _patch_checks(patch: ForgetPatch, files: dict[str, dict[str, Any]]) -> list[Check]:
