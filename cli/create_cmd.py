@@ -47,7 +47,7 @@ def _is_main_process() -> bool:
 @data_options
 @click.option("-o", "--output", type=click.Path(path_type=Path), required=True, help="Directory to write the patch to.")
 @click.option("--epochs", default=None, type=click.IntRange(min=1), help="Maximum number of training epochs.  [default: 5]")
-@click.option("--lr", default=None, type=click.FloatRange(min=0, min_open=True), help="Adam learning rate of the embedding rows and the head.  [default: 0.005]")
+@click.option("--lr", default=None, type=click.FloatRange(min=0, min_open=True), help="Adam learning rate of the embedding rows and the head.  [default: 0.001]")
 @click.option("--batch-size", default=None, type=click.IntRange(min=2), help="Texts per step and process, half of them forget texts.  [default: 16]")
 @click.option("--target-forget-f1", default=None, type=click.FloatRange(0, 1), help="Stop training once forget F1 on the evaluation texts is at or below this.  [default: 0.01]")
 @click.option("--eval-steps", default=None, type=click.IntRange(min=1), help="Check forget F1 every this many steps and after each epoch. Default: four times per epoch.")

@@ -35,7 +35,7 @@ def distributed_run(tmp_path_factory):
     output = work / "out" / "patch"
     command = [
         sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(driver),
-        "create", str(model_dir), "--data", str(data), "--forget-class", "cardio", "--top-k", "12",
+        "create", str(model_dir), "--data", str(data), "--forget-class", "cardio", "--top-k", "12", "--lr", "5e-3",
         "-o", str(output), "--json", "--no-progress",
     ]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}

@@ -67,7 +67,9 @@ def selected_ids(tokenizer, data: LabeledTexts, top_k: int = 8) -> list[int]:
 
 
 def options(**overrides) -> TrainingOptions:
-    settings = dict(max_length=32, show_progress=False)
+    # The tiny classifiers have larger weights than a fine-tuned pretrained encoder and need a
+    # higher learning rate than the default to forget within a few epochs.
+    settings = dict(max_length=32, show_progress=False, learning_rate=5e-3)
     settings.update(overrides)
     return TrainingOptions(**settings)
 
