@@ -470,7 +470,9 @@ def save_patch(patch: ForgetPatch, output_dir: str | os.PathLike, *, overwrite: 
     validate_patch(patch)
     output_dir = Path(output_dir)
     with atomic_directory(output_dir, overwrite=overwrite) as staging:
-        metadata = {"format": "pt", "steu_patch_format": str(FORMAT_VERSION)}
+        # One metadata key only: safetensors writes the metadata map in a random order, so a
+        # second key would make identical tensors produce different file hashes and patch ids.
+        metadata = {"format": "pt"}
         for name, tensors in _tensor_files(patch).items():
             save_file({key: value.contiguous() for key, value in tensors.items()}, str(staging / name), metadata=metadata)
         file_hashes = {name: file_sha256(staging / name) for name in (ADAPTER_WEIGHTS_NAME, ORIGINALS_NAME)}

@@ -40,6 +40,7 @@ from steu_patch.patch import (
     compute_fingerprint,
     load_patch,
     peft_passthrough_values,
+    save_patch,
 )
 
 EMBEDDING = "bert.embeddings.word_embeddings"
@@ -94,7 +95,15 @@ def test_safetensors_metadata_records_format(bert_patch_dir: Path) -> None:
     for name in (ADAPTER_WEIGHTS_NAME, ORIGINALS_NAME):
         with safe_open(str(bert_patch_dir / name), framework="pt") as handle:
             metadata = handle.metadata()
-        assert metadata == {"format": "pt", "steu_patch_format": str(FORMAT_VERSION)}, name
+        assert metadata == {"format": "pt"}, name
+
+
+def test_same_patch_saves_same_patch_id(bert_model, tmp_path: Path) -> None:
+    patch = make_patch(bert_model)
+    first = load_patch(save_patch(patch, tmp_path / "first"))
+    second = load_patch(save_patch(patch, tmp_path / "second"))
+    assert first.manifest["files"] == second.manifest["files"]
+    assert first.patch_id == second.patch_id
 
 
 def test_adapter_config_content(bert_patch_dir: Path) -> None:
