@@ -56,7 +56,7 @@ class ClassifierRecipe:
 
     encoder: str | None = None
     data: str | None = None
-    epochs: float = 3
+    epochs: float = 3.0
     learning_rate: float = 1e-4
     batch_size: int = 16
     max_length: int = 128
@@ -78,8 +78,11 @@ class ClassifierRecipe:
 
         encoder = self.resolved_encoder()
         weights = Path(encoder) / "model.safetensors"
+        recipe = {key: value for key, value in asdict(self).items() if key not in ("encoder", "data")}
+        # The CLI passes floats, the dataclass defaults may be ints: 3 and 3.0 must share a key.
+        recipe.update(epochs=float(self.epochs), learning_rate=float(self.learning_rate))
         identity = {
-            "recipe": {key: value for key, value in asdict(self).items() if key not in ("encoder", "data")},
+            "recipe": recipe,
             "encoder": file_sha256(weights) if weights.is_file() else encoder,
             "data": file_sha256(self.resolved_data()),
             "torch": torch.__version__.split("+")[0],
