@@ -80,6 +80,7 @@ def _print_summary(result) -> None:
             ("forget F1", f"{result.forget_f1_before:.4f}", f"{result.forget_f1_after:.4f}"),
             ("retain macro-F1", f"{result.retain_macro_f1_before:.4f}", f"{result.retain_macro_f1_after:.4f}"),
             ("retain accuracy", f"{result.retain_accuracy_before:.4f}", f"{result.retain_accuracy_after:.4f}"),
+            ("retain macro-F1, all texts", f"{result.retain_macro_f1_all_texts_before:.4f}", f"{result.retain_macro_f1_all_texts_after:.4f}"),
         ],
         headers=("metric", "before", "after"),
     )

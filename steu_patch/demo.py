@@ -117,6 +117,8 @@ class DemoResult:
     retain_macro_f1_after: float
     retain_accuracy_before: float
     retain_accuracy_after: float
+    retain_macro_f1_all_texts_before: float
+    retain_macro_f1_all_texts_after: float
     params_modified: int
     params_modified_fraction: float
     tokens: int
@@ -248,6 +250,8 @@ def run_demo(options: DemoOptions = DemoOptions()) -> DemoResult:
         forget_f1_before=before.forget_f1, forget_f1_after=after.forget_f1,
         retain_macro_f1_before=before.retain_macro_f1, retain_macro_f1_after=after.retain_macro_f1,
         retain_accuracy_before=before.retain_accuracy, retain_accuracy_after=after.retain_accuracy,
+        retain_macro_f1_all_texts_before=before.retain_macro_f1_all_texts,
+        retain_macro_f1_all_texts_after=after.retain_macro_f1_all_texts,
         params_modified=modified["count"], params_modified_fraction=modified["fraction"],
         tokens=len(result.patch.token_ids),
         patch_bytes=sum(path.stat().st_size for path in Path(patch_dir).iterdir() if path.is_file()),

@@ -95,7 +95,11 @@ class ClassificationMetrics:
     Attributes:
         forget_f1: F1 of the forget class, one-vs-rest over all texts. With several forget
             classes, the mean of their F1 scores.
-        retain_macro_f1: macro-F1 over the retained classes only, over all texts.
+        retain_macro_f1: macro-F1 over the retained classes, on the retain set: texts whose true
+            class is retained (single-label) or that carry no forget label (multi-label). NaN when
+            no text qualifies.
+        retain_macro_f1_all_texts: macro-F1 over the retained classes on every text, so forget
+            texts that a patch sends to retained classes count as their false positives.
         retain_accuracy: single-label: accuracy on texts whose true class is retained. Multi-label:
             exact match on the retained labels, over texts without a forget label. NaN when no text
             qualifies.
@@ -109,6 +113,7 @@ class ClassificationMetrics:
     forget_f1: float
     retain_macro_f1: float
     retain_accuracy: float
+    retain_macro_f1_all_texts: float
     per_class: dict[str, dict[str, float]]
     confusion_matrix: list[list[int]] | None
     labels: list[str]
@@ -117,7 +122,7 @@ class ClassificationMetrics:
     def to_dict(self) -> dict[str, Any]:
         """Return a JSON-serialisable dictionary, with NaN written as ``None``."""
         data = asdict(self)
-        for key in ("forget_f1", "retain_macro_f1", "retain_accuracy"):
+        for key in ("forget_f1", "retain_macro_f1", "retain_accuracy", "retain_macro_f1_all_texts"):
             if math.isnan(data[key]):
                 data[key] = None
         return data
@@ -169,17 +174,21 @@ def compute_metrics(
         matrix = confusion_matrix(y_true, y_pred, labels=class_ids).tolist()
 
     forget_f1s = f1_score(y_true, y_pred, labels=forget, average=None, zero_division=0)
-    retain_macro_f1 = f1_score(y_true, y_pred, labels=retained, average="macro", zero_division=0)
+    retain_macro_f1_all_texts = f1_score(y_true, y_pred, labels=retained, average="macro", zero_division=0)
     if retain_rows.any():
+        # Multi-label retain columns are already restricted to the retained classes.
+        retain_labels = None if multi_label else retained
+        retain_macro_f1 = float(f1_score(retain_true, retain_pred, labels=retain_labels, average="macro", zero_division=0))
         retain_accuracy = float(accuracy_score(retain_true, retain_pred))
     else:
-        logger.warning("No evaluation text has only retained labels, so retain accuracy is NaN.")
-        retain_accuracy = float("nan")
+        logger.warning("No evaluation text has only retained labels, so retain macro-F1 and accuracy are NaN.")
+        retain_macro_f1 = retain_accuracy = float("nan")
 
     return ClassificationMetrics(
         forget_f1=float(np.mean(forget_f1s)),
-        retain_macro_f1=float(retain_macro_f1),
+        retain_macro_f1=retain_macro_f1,
         retain_accuracy=retain_accuracy,
+        retain_macro_f1_all_texts=float(retain_macro_f1_all_texts),
         per_class=_per_class(y_true, y_pred, class_ids, names),
         confusion_matrix=matrix,
         labels=names,
@@ -282,8 +291,8 @@ def metrics_table(
 ) -> list[tuple[str, str, str]]:
     """Build the rows ``(metric, before, after)`` that the CLI prints.
 
-    The rows are forget F1, retain macro-F1, retain accuracy, then the F1 of each class with forget
-    classes marked. ``after`` is an empty string in every row when ``after`` is ``None``.
+    The rows are forget F1, retain macro-F1, retain accuracy, retain macro-F1 over all texts, then
+    the F1 of each class with forget classes marked. ``after`` is an empty string in every row when ``after`` is ``None``.
 
     Raises:
         DataError: if ``before`` and ``after`` were computed over different label sets.
@@ -297,6 +306,7 @@ def metrics_table(
         ("forget F1", before.forget_f1, after.forget_f1 if after else None),
         ("retain macro-F1", before.retain_macro_f1, after.retain_macro_f1 if after else None),
         ("retain accuracy", before.retain_accuracy, after.retain_accuracy if after else None),
+        ("retain macro-F1, all texts", before.retain_macro_f1_all_texts, after.retain_macro_f1_all_texts if after else None),
     ]
     for name in before.labels:
         marker = " (forget)" if name in before.forget_labels else ""

@@ -35,7 +35,15 @@ def test_single_label_forget_f1():
 def test_single_label_retain_macro_f1():
     metrics = compute_metrics(logits_for(PREDICTED), TRUE, id2label=ID2LABEL, forget_ids=[0])
 
-    assert metrics.retain_macro_f1 == pytest.approx((2 / 5 + 4 / 5) / 2, abs=1e-12)
+    # Retain set = texts 3..7. ortho (TP 1, FP 1, FN 1) -> 2/4; neuro (2, 0, 1) -> 4/5.
+    assert metrics.retain_macro_f1 == pytest.approx((2 / 4 + 4 / 5) / 2, abs=1e-12)
+
+
+def test_single_label_retain_macro_f1_all_texts():
+    metrics = compute_metrics(logits_for(PREDICTED), TRUE, id2label=ID2LABEL, forget_ids=[0])
+
+    # Over all texts the cardio text predicted as ortho adds a false positive: ortho 2/5.
+    assert metrics.retain_macro_f1_all_texts == pytest.approx((2 / 5 + 4 / 5) / 2, abs=1e-12)
 
 
 def test_single_label_retain_accuracy():
@@ -197,9 +205,10 @@ def test_metrics_table_rows():
     rows = metrics_table(before, after)
 
     assert rows[0] == ("forget F1", "0.6667", "1.0000")
-    assert rows[1] == ("retain macro-F1", "0.6000", "1.0000")
+    assert rows[1] == ("retain macro-F1", "0.6500", "1.0000")
     assert rows[2] == ("retain accuracy", "0.6000", "1.0000")
-    assert rows[3:] == [
+    assert rows[3] == ("retain macro-F1, all texts", "0.6000", "1.0000")
+    assert rows[4:] == [
         ("F1 cardio (forget)", "0.6667", "1.0000"),
         ("F1 ortho", "0.4000", "1.0000"),
         ("F1 neuro", "0.8000", "1.0000"),
