@@ -93,6 +93,21 @@ def check_chain_for_revert(patch: ForgetPatch, chain: Sequence[Mapping[str, Any]
         )
 
 
+def check_carries_values(patch: ForgetPatch, current: TouchedValues, model_name: str) -> None:
+    """Raise :class:`PatchStateError` unless ``current`` holds the patch's new rows and head.
+
+    Reverting restores only rows and head, so the PEFT passthrough tensors are not compared.
+    """
+    written = patch.new_values().without_passthrough()
+    current = current.without_passthrough()
+    if not current.equals(written):
+        changed = current.differing(written, patch.token_ids)
+        raise PatchStateError(
+            f"{model_name} does not carry the values of {_describe(chain_entry(patch))}: {'; '.join(changed)} "
+            "differ. Revert only a model that this patch was applied to."
+        )
+
+
 def check_fingerprint(patch: ForgetPatch, current: TouchedValues, embedding_shape: Sequence[int], dtype: torch.dtype) -> None:
     """Raise :class:`FingerprintMismatchError` when the model is not the patch's base model."""
     actual = compute_fingerprint(patch.token_ids, current, embedding_shape, dtype)
@@ -224,14 +239,7 @@ def revert_patch(model: nn.Module, patch: ForgetPatch) -> nn.Module:
     config = getattr(model, "config", None)
     chain = get_chain(config)
     check_chain_for_revert(patch, chain)
-    written = patch.new_values().without_passthrough()
-    current = current.without_passthrough()
-    if not current.equals(written):
-        changed = current.differing(written, patch.token_ids)
-        raise PatchStateError(
-            f"The model does not carry the values of {_describe(chain_entry(patch))}: {'; '.join(changed)} differ. "
-            "Revert only a model that this patch was applied to."
-        )
+    check_carries_values(patch, current, "The model")
     _write(model, patch, patch.original_values())
     if config is not None:
         remaining = [entry for entry in chain if entry["patch_id"] != patch.patch_id]

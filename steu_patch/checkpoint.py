@@ -26,12 +26,13 @@ from .apply import (
     CHAIN_ATTRIBUTE,
     chain_entry,
     check_chain_for_apply,
+    check_carries_values,
     check_chain_for_revert,
     check_compatible,
     check_fingerprint,
     get_chain,
 )
-from .errors import ModelNotFoundError, PatchStateError, UnsupportedModelError
+from .errors import ModelNotFoundError, UnsupportedModelError
 from .patch import PICKLE_SUFFIXES, ForgetPatch, TouchedValues, atomic_directory, read_touched_values
 
 logger = logging.getLogger(__name__)
@@ -142,15 +143,7 @@ def write_patched_model(
     current = read_checkpoint_values(checkpoint, patch)
     if revert:
         check_chain_for_revert(patch, chain)
-        # Reverting restores only rows and head, so the PEFT passthrough tensors are not compared.
-        written = patch.new_values().without_passthrough()
-        current = current.without_passthrough()
-        if not current.equals(written):
-            changed = current.differing(written, patch.token_ids)
-            raise PatchStateError(
-                f"{model_dir} does not carry the values of patch {patch.patch_id[:12]}: {'; '.join(changed)} differ. "
-                "Revert only a model that this patch was applied to."
-            )
+        check_carries_values(patch, current, str(model_dir))
         values = patch.original_values()
         new_chain = [entry for entry in chain if entry["patch_id"] != patch.patch_id]
     else:
