@@ -33,7 +33,7 @@ from .errors import DataError, ModelNotFoundError, UnsupportedModelError
 from .evaluation import ClassificationMetrics, compute_metrics
 from .hub import resolve_model_dir
 from .models import EditableParts, count_parameters, find_editable_parts
-from .patch import ForgetPatch, TouchedValues, build_patch, peft_passthrough_values, read_touched_values
+from .patch import ForgetPatch, TouchedValues, build_patch, peft_passthrough_values
 from .selection import TokenSelection, select_tokens
 from .training import (
     DEFAULT_BATCH_SIZE,
