@@ -1,7 +1,7 @@
 """Measure one unlearned model with the library's metrics and probes.
 
-Behaviour: forget F1 and retained macro-F1 on the test split (``compute_metrics``) and a
-loss-based membership-inference attack (forget-class training texts against forget-class test
+Behaviour: the test predictions, from which the main process computes forget F1 and retained
+macro-F1 with ``compute_metrics``, and a loss-based membership-inference attack (forget-class training texts against forget-class test
 texts). Representation: a linear probe on the frozen input of the final layer (fitted on the
 probe subset of the training split, scored on the test split) and head-only relearning from 16
 forget and 16 retained training texts. All four come from :mod:`steu_patch.probes`.
@@ -19,7 +19,6 @@ from transformers import PreTrainedTokenizerBase
 
 from benchmark_setup import BenchmarkData, BenchmarkSettings
 from steu_patch.data import LabeledTexts
-from steu_patch.evaluation import compute_metrics
 from steu_patch.probes import HeadInputs, encode_texts, fit_linear_probe, membership_auc, relearn_head, select_relearning_texts
 from steu_patch.selection import document_token_matrix
 from unlearning_methods import UnlearnedModel
@@ -68,14 +67,16 @@ def _transformed(inputs: HeadInputs, transform: Callable[[torch.Tensor], torch.T
 
 
 def measure_unlearned(unlearned: UnlearnedModel, tokenizer: PreTrainedTokenizerBase, data: BenchmarkData, settings: BenchmarkSettings) -> dict[str, Any]:
-    """Run the metrics, the probe, membership inference and relearning on one method's model."""
+    """Run the probe, membership inference and relearning on one method's model and return its test predictions.
+
+    The main process computes the test metrics from the predictions (see ``run_baselines.recompute_metrics``).
+    """
     options = {"max_length": settings.max_length, "batch_size": settings.eval_batch_size, "show_progress": settings.show_progress}
     test = _transformed(encode_texts(unlearned.model, tokenizer, data.test.texts, desc="Test texts", **options), unlearned.logits_transform)
     probe_train = _transformed(
         encode_texts(unlearned.model, tokenizer, data.probe_train.texts, desc="Probe training texts", **options),
         unlearned.logits_transform,
     )
-    metrics = compute_metrics(test.logits, data.test.labels, id2label=data.id2label, forget_ids=data.forget_ids)
     probe = fit_linear_probe(
         probe_train.features, data.probe_train.labels, test.features, data.test.labels, data.forget_ids, seed=settings.seed
     )
@@ -87,12 +88,6 @@ def measure_unlearned(unlearned: UnlearnedModel, tokenizer: PreTrainedTokenizerB
     )
     relearning = _relearn(unlearned.relearn_head, probe_train, test, data, settings)
     return {
-        "metrics": {
-            "forget_f1": metrics.forget_f1,
-            "retain_macro_f1": metrics.retain_macro_f1,
-            "retain_accuracy": metrics.retain_accuracy,
-            "per_class_f1": {name: values["f1"] for name, values in metrics.per_class.items()},
-        },
         "test_predictions": test.logits.argmax(dim=1).tolist(),
         "probe": probe.to_dict(),
         "membership_inference": attack.to_dict(),

@@ -10,6 +10,7 @@ Usage: ``python benchmarks/render_docs.py benchmarks/results/baselines.json docs
 from __future__ import annotations
 
 import json
+import math
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -20,57 +21,79 @@ HEADING = "## STEU against baselines"
 DOCUMENT_TITLE = "# Benchmarks"
 
 
+Result = dict[str, Any]
+
+
 @dataclass(frozen=True)
 class Criterion:
-    """One measured quantity compared between STEU and a baseline."""
+    """One measured quantity compared between STEU and a baseline.
+
+    Attributes:
+        direction: which way is better, in words.
+        tolerance: the largest difference that counts as the same, from the results document and
+            the two results compared.
+    """
 
     name: str
-    direction: str  # which way is better, in words
-    value: Callable[[dict[str, Any]], float | None]
-    better: Callable[[float, float], int]  # 1 when the first value is better, -1 when worse, 0 when the same
+    direction: str
+    value: Callable[[Result], float | None]
+    higher_is_better: bool
+    tolerance: Callable[[dict[str, Any], Result, Result], float]
     show: Callable[[float | None], str]
 
-
-def _sign(difference: float) -> int:
-    if difference > 0:
-        return 1
-    if difference < 0:
-        return -1
-    return 0
-
-
-def _lower(tolerance: float) -> Callable[[float, float], int]:
-    def compare(first: float, second: float) -> int:
-        if abs(first - second) <= tolerance:
+    def compare(self, document: dict[str, Any], first: Result, second: Result) -> int | None:
+        """Return 1 when ``first`` is better, -1 when worse, 0 within the tolerance, None when either is unmeasured."""
+        first_value, second_value = self.value(first), self.value(second)
+        if first_value is None or second_value is None:
+            return None
+        if first_value == second_value:
             return 0
-        return _sign(second - first)
-
-    return compare
-
-
-def _higher(tolerance: float) -> Callable[[float, float], int]:
-    def compare(first: float, second: float) -> int:
-        if abs(first - second) <= tolerance:
+        if abs(first_value - second_value) <= self.tolerance(document, first, second) + 1e-9:
             return 0
-        return _sign(first - second)
+        first_is_better = first_value > second_value if self.higher_is_better else first_value < second_value
+        return 1 if first_is_better else -1
 
-    return compare
+
+def one_forget_note(document: dict[str, Any], first: Result, second: Result) -> float:
+    return 1 / document["data"]["test"]["forget_texts"]
 
 
-def _relative_lower(share: float) -> Callable[[float, float], int]:
-    def compare(first: float, second: float) -> int:
-        if abs(first - second) <= share * max(abs(first), abs(second)):
-            return 0
-        return _sign(second - first)
+def one_retained_note(document: dict[str, Any], first: Result, second: Result) -> float:
+    test = document["data"]["test"]
+    return 1 / (test["texts"] - test["forget_texts"])
 
-    return compare
+
+def auc_standard_error(result: Result) -> float:
+    """Return the Hanley-McNeil (1982) standard error of the membership-inference AUC of ``result``."""
+    attack = result["membership_inference"]
+    auc, positives, negatives = attack["auc"], attack["members"], attack["non_members"]
+    q1 = auc / (2 - auc)
+    q2 = 2 * auc**2 / (1 + auc)
+    variance = auc * (1 - auc) + (positives - 1) * (q1 - auc**2) + (negatives - 1) * (q2 - auc**2)
+    return math.sqrt(max(variance, 0.0) / (positives * negatives))
+
+
+def larger_auc_error(document: dict[str, Any], first: Result, second: Result) -> float:
+    return max(auc_standard_error(first), auc_standard_error(second))
+
+
+def one_step(document: dict[str, Any], first: Result, second: Result) -> float:
+    return 1.0
+
+
+def exact(document: dict[str, Any], first: Result, second: Result) -> float:
+    return 0.0
+
+
+def tenth_of_time(document: dict[str, Any], first: Result, second: Result) -> float:
+    return 0.1 * max(first["seconds"], second["seconds"])
 
 
 def _fixed(digits: int) -> Callable[[float | None], str]:
     return lambda value: "n/a" if value is None else f"{value:.{digits}f}"
 
 
-def _relearn_value(result: dict[str, Any]) -> float | None:
+def _relearn_value(result: Result) -> float | None:
     steps = result["relearning"]["steps_to_recover"]
     return float("inf") if steps is None else float(steps)
 
@@ -82,21 +105,22 @@ def _show_steps(value: float | None) -> str:
 
 
 CRITERIA = (
-    Criterion("forget F1", "lower is better", lambda r: r["metrics"]["forget_f1"], _lower(0.005), _fixed(3)),
-    Criterion("retained macro-F1", "higher is better", lambda r: r["metrics"]["retain_macro_f1"], _higher(0.005), _fixed(3)),
+    Criterion("forget F1", "lower is better", lambda r: r["metrics"]["forget_f1"], False, one_forget_note, _fixed(3)),
+    Criterion("retained macro-F1", "higher is better", lambda r: r["metrics"]["retain_macro_f1"], True, one_retained_note, _fixed(3)),
+    Criterion("retained macro-F1 over all texts", "higher is better",
+              lambda r: r["metrics"].get("retain_macro_f1_all_texts"), True, one_retained_note, _fixed(3)),
     Criterion("agreement with the retrained model on retained notes", "higher is closer to the gold standard",
-              lambda r: r.get("agreement_with_retrain_retained"), _higher(0.005), _fixed(3)),
+              lambda r: r.get("agreement_with_retrain_retained"), True, one_retained_note, _fixed(3)),
     Criterion("agreement with the retrained model on forget-class notes", "higher is closer to the gold standard",
-              lambda r: r.get("agreement_with_retrain_forget"), _higher(0.005), _fixed(3)),
+              lambda r: r.get("agreement_with_retrain_forget"), True, one_forget_note, _fixed(3)),
     Criterion("linear-probe forget F1", "lower means the class is less recoverable from the features",
-              lambda r: r["probe"]["forget_f1"], _lower(0.005), _fixed(3)),
+              lambda r: r["probe"]["forget_f1"], False, one_forget_note, _fixed(3)),
     Criterion("membership-inference AUC distance from 0.5", "lower leaks less",
-              lambda r: abs(r["membership_inference"]["auc"] - 0.5), _lower(0.005), _fixed(3)),
-    Criterion("head-only relearning steps", "more is harder to undo", _relearn_value, _higher(0.0), _show_steps),
-    Criterion("share of parameters modified", "lower is better", lambda r: r["modified_fraction"], _lower(0.0), lambda v: f"{v:.4%}"),
-    Criterion("artifact bytes", "lower is better", lambda r: r["artifact_bytes"], _lower(0.0), lambda v: _format_bytes(v)),
-    Criterion("wall time", "lower is better; within 10% counts as the same on a shared CPU",
-              lambda r: r["seconds"], _relative_lower(0.10), lambda v: f"{v:.0f} s"),
+              lambda r: abs(r["membership_inference"]["auc"] - 0.5), False, larger_auc_error, _fixed(3)),
+    Criterion("head-only relearning steps", "more is harder to undo", _relearn_value, True, one_step, _show_steps),
+    Criterion("share of parameters modified", "lower is better", lambda r: r["modified_fraction"], False, exact, lambda v: f"{v:.4%}"),
+    Criterion("artifact bytes", "lower is better", lambda r: r["artifact_bytes"], False, exact, lambda v: _format_bytes(v)),
+    Criterion("wall time", "lower is better", lambda r: r["seconds"], False, tenth_of_time, lambda v: f"{v:.0f} s"),
 )
 
 
@@ -124,31 +148,51 @@ def _format_optional(value: float | None, digits: int = 3) -> str:
 # ----- tables -----
 
 
+def _time_cell(result: dict[str, Any]) -> str:
+    ratio = result.get("seconds_vs_retrain")
+    return f"{result['seconds']:.0f} s" + ("" if ratio is None else f" ({ratio:.2f}×)")
+
+
+def _rss_cell(result: dict[str, Any]) -> str:
+    return f"{result['peak_rss_mib']:.0f} MiB (+{result['peak_rss_mib'] - result['rss_before_method_mib']:.0f})"
+
+
+def _artifact_cell(result: dict[str, Any]) -> str:
+    return "n/a" if result["artifact_bytes"] is None else _format_bytes(result["artifact_bytes"])
+
+
+COLUMNS: tuple[tuple[str, Callable[[dict[str, Any]], str]], ...] = (
+    ("forget F1", lambda r: f"{r['metrics']['forget_f1']:.3f}"),
+    ("retained macro-F1", lambda r: f"{r['metrics']['retain_macro_f1']:.3f}"),
+    ("retained macro-F1, all texts", lambda r: _format_optional(r["metrics"].get("retain_macro_f1_all_texts"))),
+    ("agreement with retrain: retained", lambda r: _agreement(r, "retained")),
+    ("agreement with retrain: forget notes", lambda r: _agreement(r, "forget")),
+    ("probe forget F1", lambda r: f"{r['probe']['forget_f1']:.3f}"),
+    ("MIA AUC", lambda r: f"{r['membership_inference']['auc']:.3f}"),
+    ("relearning steps", lambda r: _format_steps(r["relearning"])),
+    ("values modified (share)", lambda r: f"{r['modified_values']:,} ({r['modified_fraction']:.2%})"),
+    ("artifact", _artifact_cell),
+    ("time (× retrain)", _time_cell),
+    ("peak RSS (+ over the loaded classifier)", _rss_cell),
+)
+
+
 def results_table(document: dict[str, Any]) -> list[str]:
-    """Return the main table's markdown lines, one row per method."""
+    """Return the main table's markdown lines, one row per method.
+
+    The all-texts retained macro-F1 column appears only when the library reported it.
+    """
+    measured = [result for result in document["methods"] if "error" not in result]
+    has_all_texts = any(result["metrics"].get("retain_macro_f1_all_texts") is not None for result in measured)
+    columns = [column for column in COLUMNS if has_all_texts or column[0] != "retained macro-F1, all texts"]
+    lines = ["| method | " + " | ".join(name for name, _ in columns) + " |", "|" + " --- |" * (len(columns) + 1)]
     labels = _labels(document)
-    header = (
-        "| method | forget F1 | retained macro-F1 | agreement with retrain: retained | agreement with retrain: forget notes "
-        "| probe forget F1 | MIA AUC | relearning steps | values modified (share) | artifact | time (× retrain) "
-        "| peak RSS (+ over the loaded classifier) |"
-    )
-    lines = [header, "| " + " | ".join(["---"] * 12) + " |"]
     for result in document["methods"]:
         label = labels.get(result["method"], result["method"])
         if "error" in result:
-            lines.append(f"| {label} | failed: {result['error']} |" + " |" * 10)
-            continue
-        ratio = result.get("seconds_vs_retrain")
-        time_cell = f"{result['seconds']:.0f} s" + ("" if ratio is None else f" ({ratio:.2f}×)")
-        artifact = "n/a" if result["artifact_bytes"] is None else _format_bytes(result["artifact_bytes"])
-        lines.append(
-            f"| {label} | {result['metrics']['forget_f1']:.3f} | {result['metrics']['retain_macro_f1']:.3f} "
-            f"| {_agreement(result, 'retained')} | {_agreement(result, 'forget')} "
-            f"| {result['probe']['forget_f1']:.3f} | {result['membership_inference']['auc']:.3f} "
-            f"| {_format_steps(result['relearning'])} "
-            f"| {result['modified_values']:,} ({result['modified_fraction']:.2%}) | {artifact} "
-            f"| {time_cell} | {result['peak_rss_mib']:.0f} MiB (+{result['peak_rss_mib'] - result['rss_before_method_mib']:.0f}) |"
-        )
+            lines.append(f"| {label} | failed: {result['error']} |" + " |" * (len(columns) - 1))
+        else:
+            lines.append(f"| {label} | " + " | ".join(cell(result) for _, cell in columns) + " |")
     return lines
 
 
@@ -166,9 +210,9 @@ def destinations_table(document: dict[str, Any], top: int = 3) -> list[str]:
         if "error" in result:
             continue
         counts = list(result["forget_notes_predicted_as"].items())
-        shown = ", ".join(f"{name} ({count})" for name, count in counts[:top])
+        top_destinations = ", ".join(f"{name} ({count})" for name, count in counts[:top])
         rest = sum(count for _, count in counts[top:])
-        lines.append(f"| {labels.get(result['method'], result['method'])} | {shown}{f', others ({rest})' if rest else ''} |")
+        lines.append(f"| {labels.get(result['method'], result['method'])} | {top_destinations}{f', others ({rest})' if rest else ''} |")
     return lines
 
 
@@ -189,12 +233,13 @@ def comparison_lines(document: dict[str, Any], baseline: str) -> list[str]:
     outcomes: dict[int, list[str]] = {1: [], -1: [], 0: []}
     lines = []
     for criterion in CRITERIA:
-        steu_value, other_value = criterion.value(steu), criterion.value(other)
-        if steu_value is None or other_value is None:
+        verdict = criterion.compare(document, steu, other)
+        if verdict is None:
             continue
-        outcomes[criterion.better(steu_value, other_value)].append(criterion.name)
+        outcomes[verdict].append(criterion.name)
         lines.append(
-            f"  - {criterion.name} ({criterion.direction}): STEU {criterion.show(steu_value)}, {label} {criterion.show(other_value)}."
+            f"  - {criterion.name} ({criterion.direction}): STEU {criterion.show(criterion.value(steu))}, "
+            f"{label} {criterion.show(criterion.value(other))}."
         )
     wins, losses, ties = outcomes[1], outcomes[-1], outcomes[0]
     summary = [
@@ -249,20 +294,28 @@ def _token_lines(document: dict[str, Any]) -> list[str]:
 
 
 def _comparison_intro(document: dict[str, Any]) -> list[str]:
+    test = document["data"]["test"]
+    retained = test["texts"] - test["forget_texts"]
     return [
-        "Generated from the table above. Tolerances: 0.005 for F1, agreement and AUC distance; exact for steps, "
-        "shares and bytes; 10% for wall time. Masking changes no parameter, so the relearning check fine-tunes the "
-        "original head and needs no step when the original classifier's forget F1 already exceeds the threshold.",
+        "Generated from the table above. A difference counts as the same when it is at most what one test note "
+        f"changes: 1/{test['forget_texts']} for forget F1, forget-note agreement and the probe, and 1/{retained} for "
+        "the retained measures. For membership inference the bound is the larger Hanley-McNeil standard error of the "
+        "two AUCs, for relearning one step, and for wall time 10%. Shares and bytes are compared exactly. "
+        "Masking changes no parameter, so the relearning check fine-tunes the original head and needs no step when "
+        "the original classifier's forget F1 already exceeds the threshold.",
     ]
 
 
 def _setup_lines(document: dict[str, Any]) -> list[str]:
     hardware, software, settings = document["hardware"], document["software"], document["settings"]
     recipe = settings["recipe"]
+    process_seconds = sum(result.get("process", {}).get("process_seconds", 0) for result in document["methods"])
     lines = [
         f"- Command: `{document['command']}`, started {document['started_at']}, {document['total_seconds'] / 60:.0f} "
         f"minutes in total (classifier setup {document['classifier']['setup_seconds']:.0f} s"
-        f"{', reused from the cache' if document['classifier']['was_cached'] else ''}).",
+        f"{', reused from the cache' if document['classifier']['was_cached'] else ''}). The method processes, "
+        f"interpreter start and measurements included, ran {process_seconds / 60:.0f} minutes together, counting "
+        "any result kept from an earlier invocation by `--resume`.",
         f"- Hardware: {hardware.get('Model name', 'unknown CPU')}, {hardware.get('CPU(s)', hardware['cpu_count'])} "
         f"CPU(s), {hardware.get('memory_gib', 'unknown')} GiB RAM, no GPU. Load average (1, 5, 15 min) "
         f"{document['load_average_start']} at the start and {document['load_average_end']} at the end.",
@@ -294,11 +347,21 @@ def _stop_lines(document: dict[str, Any]) -> list[str]:
     return [f"- Where training stopped: {'; '.join(stops)}."] if stops else []
 
 
+def _retained_definition(document: dict[str, Any]) -> str:
+    measured = [result for result in document["methods"] if "error" not in result]
+    if any(result["metrics"].get("retain_macro_f1_all_texts") is not None for result in measured):
+        return (
+            "Retained macro-F1 is computed on the notes whose true class is retained; the all-texts variant also "
+            "counts forget-class notes that a method sends to a retained class as that class's false positives."
+        )
+    return "Retained macro-F1 is computed over all test notes."
+
+
 def _definitions(document: dict[str, Any]) -> list[str]:
     settings = document["settings"]
     return [
         "- Forget F1 and retained macro-F1: `steu_patch.evaluation.compute_metrics` on the test split, argmax over "
-        "all logits. Retraining yields a 12-class model; its logits are placed at the original class ids and the "
+        f"all logits. {_retained_definition(document)} Retraining yields a 12-class model; its logits are placed at the original class ids and the "
         "forget class gets the logit -1e4, so it is never predicted. Masking gives the forget logit the same value.",
         "- Agreement with retrain: share of test notes where the method predicts the same class as the retrained "
         "model, separately for retained-class notes and forget-class notes.",
@@ -318,9 +381,9 @@ def _definitions(document: dict[str, Any]) -> list[str]:
         "directory for head only, rows only, random rows + head and LoRA; `model.safetensors` for retraining and the "
         "full model; nothing for masking.",
         "- Time: wall-clock seconds of the method itself in its worker process, from the loaded classifier to the "
-        "saved artifact; for STEU this includes token selection and its two evaluations on the validation split, "
-        "and for every trained baseline the teacher pass and one validation pass per epoch. Ratio: this time over "
-        "the retraining time of the same run.",
+        "saved artifact. For STEU this includes token selection, its two evaluations on the validation split and "
+        "its forget F1 checks, and for every trained baseline the teacher pass and the same checks. The ratio "
+        "divides this time by the retraining time.",
         "- Peak RSS: `resource.getrusage(RUSAGE_SELF).ru_maxrss` of the method's own Python process right after the "
         "method, so it includes the interpreter, torch and the loaded classifier (measured per method because each "
         "runs in a fresh process).",

@@ -24,6 +24,7 @@ import os
 import platform
 import random
 import shlex
+import shutil
 import subprocess
 import sys
 import time
@@ -106,7 +107,7 @@ def build_settings(args: argparse.Namespace, work_dir: Path) -> tuple[Any, dict[
     started = time.perf_counter()
     classifier_dir, cached, finetune_seconds = load_or_build_classifier(recipe, cache_dir, rebuild=False, show_progress=args.progress)
     settings = BenchmarkSettings(
-        classifier_dir=str(classifier_dir), data_path=str(recipe.resolved_data()), forget_class=DEFAULT_FORGET_CLASS,
+        classifier_dir=str(copy_classifier(classifier_dir, work_dir / "classifier", recipe.cache_key())), data_path=str(recipe.resolved_data()), forget_class=DEFAULT_FORGET_CLASS,
         recipe=asdict(recipe), max_length=recipe.max_length, seed=recipe.seed,
         steu_epochs=DEFAULT_EPOCHS, steu_learning_rate=DEFAULT_LEARNING_RATE, batch_size=DEFAULT_BATCH_SIZE,
         target_forget_f1=DEFAULT_TARGET_FORGET_F1,
@@ -120,6 +121,20 @@ def build_settings(args: argparse.Namespace, work_dir: Path) -> tuple[Any, dict[
         "setup_seconds": round(time.perf_counter() - started, 1),
     }
     return settings, classifier
+
+
+def copy_classifier(source: Path, target: Path, cache_key: str) -> Path:
+    """Copy the cached classifier into the work directory, so a cache change during the run cannot reach the workers."""
+    marker = target / "cache_key.txt"
+    if marker.is_file() and marker.read_text(encoding="utf-8") == cache_key:
+        return target
+    staging = target.with_name(target.name + ".tmp")
+    shutil.rmtree(staging, ignore_errors=True)
+    shutil.copytree(source, staging)
+    (staging / "cache_key.txt").write_text(cache_key, encoding="utf-8")
+    shutil.rmtree(target, ignore_errors=True)
+    staging.replace(target)
+    return target
 
 
 # ----- one method in a fresh process -----
@@ -195,8 +210,30 @@ def launch_worker(method_key: str, work_dir: Path) -> dict[str, Any]:
 # ----- comparisons and the results file -----
 
 
+def recompute_metrics(result: dict[str, Any], test_labels: list[int], id2label: dict[int, str], forget_ids: tuple[int, ...]) -> None:
+    """Recompute the test metrics from the stored predictions with this process's ``compute_metrics``.
+
+    One-hot logits have the predictions as their argmax, so the metrics equal those of the model's
+    logits, and every method of a resumed run is scored by the same library version.
+    """
+    import torch
+
+    from steu_patch.evaluation import compute_metrics
+
+    logits = torch.nn.functional.one_hot(torch.tensor(result["test_predictions"]), len(id2label)).float()
+    metrics = compute_metrics(logits, test_labels, id2label=id2label, forget_ids=forget_ids)
+    result["metrics"] = {
+        "forget_f1": metrics.forget_f1,
+        "retain_macro_f1": metrics.retain_macro_f1,
+        "retain_accuracy": metrics.retain_accuracy,
+        # Present when the library reports macro-F1 over all texts next to the retain-set value.
+        "retain_macro_f1_all_texts": getattr(metrics, "retain_macro_f1_all_texts", None),
+        "per_class_f1": {name: values["f1"] for name, values in metrics.per_class.items()},
+    }
+
+
 def add_comparisons(results: dict[str, dict[str, Any]], test_labels: list[int], id2label: dict[int, str], forget_ids: tuple[int, ...]) -> None:
-    """Add agreement with the retrained model, forget-note destinations and time relative to retraining."""
+    """Add test metrics, agreement with the retrained model, forget-note destinations and time relative to retraining."""
     retrain = results.get("retrain")
     retrain_ok = retrain is not None and "error" not in retrain
     forget_rows = [row for row, label in enumerate(test_labels) if label in forget_ids]
@@ -204,6 +241,7 @@ def add_comparisons(results: dict[str, dict[str, Any]], test_labels: list[int], 
     for result in results.values():
         if "error" in result:
             continue
+        recompute_metrics(result, test_labels, id2label, forget_ids)
         predictions = result["test_predictions"]
         destinations = Counter(id2label[predictions[row]] for row in forget_rows)
         result["forget_notes_predicted_as"] = dict(destinations.most_common())

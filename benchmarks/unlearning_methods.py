@@ -6,9 +6,9 @@ the outputs rather than the weights, the final linear layer that the relearning 
 and the files a user would ship.
 
 The trained baselines (full model, head, rows, random rows, LoRA) use STEU's objective from
-:mod:`steu_patch.training`: the teacher's softmax renormalised over the retained classes as soft
-targets, balanced batches of half forget and half retained texts, Adam, dropout off, and an
-early stop once forget F1 on the validation split is at or below STEU's target.
+:mod:`steu_patch.training`. Its soft targets are the teacher's softmax renormalised over the
+retained classes, and each batch holds half forget and half retained texts. Training uses Adam
+with dropout off and stops once forget F1 on the validation split is at or below STEU's target.
 """
 
 from __future__ import annotations
@@ -275,8 +275,17 @@ def run_retrain(ctx: MethodContext) -> UnlearnedModel:
 
 
 def run_steu(ctx: MethodContext) -> UnlearnedModel:
-    """Create a forget patch with ``create_patch``'s defaults, save it and apply it to a copy."""
-    options = CreateOptions(max_length=ctx.settings.max_length, seed=ctx.settings.seed, show_progress=ctx.settings.show_progress)
+    """Create a forget patch with ``create_patch``'s defaults, save it and apply it to a copy.
+
+    The training settings are passed explicitly, as the defaults were read when the run started,
+    so every method of one run uses the same values.
+    """
+    settings = ctx.settings
+    options = CreateOptions(
+        epochs=settings.steu_epochs, learning_rate=settings.steu_learning_rate, batch_size=settings.batch_size,
+        target_forget_f1=settings.target_forget_f1, max_length=settings.max_length, seed=settings.seed,
+        show_progress=settings.show_progress,
+    )
     result = create_patch(
         ctx.model, ctx.tokenizer, ctx.data.train, ctx.data.validation, [ctx.settings.forget_class], options,
         model_name=ctx.settings.classifier_dir,
