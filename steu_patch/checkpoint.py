@@ -137,6 +137,11 @@ def write_patched_model(
         FingerprintMismatchError: applying to a model that is not the patch's base (unless ``force``).
         PatchStateError: reverting a model that does not carry the patch, or wrong stacking order.
     """
+    if patch.source and Path(output_dir).resolve() == Path(patch.source).resolve():
+        raise FileExistsError(
+            f"Output {output_dir} is the patch directory itself; writing the model there would delete the patch. "
+            "Choose another output directory."
+        )
     checkpoint = Checkpoint(model_dir)
     config = checkpoint.config()
     chain = get_chain(config)

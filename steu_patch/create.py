@@ -185,7 +185,9 @@ def load_classifier(model_dir: str | os.PathLike, *, head: str | None = None) ->
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     try:
-        model, info = AutoModelForSequenceClassification.from_pretrained(model_dir, dtype="auto", output_loading_info=True)
+        model, info = AutoModelForSequenceClassification.from_pretrained(
+            model_dir, dtype="auto", output_loading_info=True, use_safetensors=True
+        )
     except ValueError as error:
         raise UnsupportedModelError(
             f"{model_dir} cannot be loaded as a sequence classifier ({error}). steu-patch edits transformers "

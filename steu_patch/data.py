@@ -10,13 +10,15 @@ appears on both sides.
 
 from __future__ import annotations
 
+import contextlib
+
 import json
 import logging
 import math
 import re
 import tempfile
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -325,7 +327,7 @@ def _read_data_file(path: Path, columns: tuple[str, str]) -> datasets.Dataset:
         # empty cells and texts such as "NA" or "123" stay texts. _LabelResolver converts ids.
         converters = {column: str for column in columns}
         options = {**options, "converters": converters, "keep_default_na": False}
-    with tempfile.TemporaryDirectory(prefix="steu-patch-data-") as cache_dir:
+    with tempfile.TemporaryDirectory(prefix="steu-patch-data-") as cache_dir, _no_download_count():
         try:
             return datasets.load_dataset(
                 builder, data_files=str(path), split="train",
@@ -333,6 +335,22 @@ def _read_data_file(path: Path, columns: tuple[str, str]) -> datasets.Dataset:
             )
         except (DatasetsError, ValueError, OSError, StopIteration) as error:
             raise _read_error(path, builder, error) from error
+
+
+@contextlib.contextmanager
+def _no_download_count() -> Iterator[None]:
+    """Keep ``datasets`` from reporting a local file load to the Hub's download counter.
+
+    datasets 5.2 sends a HEAD request for every ``load_dataset`` of a packaged builder such as
+    ``csv`` unless ``HF_UPDATE_DOWNLOAD_COUNTS`` is off; a local clinical file must not cause
+    any network traffic.
+    """
+    previous = datasets.config.HF_UPDATE_DOWNLOAD_COUNTS
+    datasets.config.HF_UPDATE_DOWNLOAD_COUNTS = False
+    try:
+        yield
+    finally:
+        datasets.config.HF_UPDATE_DOWNLOAD_COUNTS = previous
 
 
 def _read_error(path: Path, builder: str, error: Exception) -> DataError:

@@ -304,3 +304,12 @@ def test_debug_off_wraps_error(bert_model_dir: Path, bert_patch_dir: Path, tmp_p
     assert result.exit_code == 1
     assert isinstance(result.exception, SystemExit)
     assert "Traceback" not in result.output
+
+
+def test_apply_output_is_patch_dir_rejected(bert_model_dir: Path, bert_patch_dir: Path, tmp_path: Path) -> None:
+    patch_dir = copy_tree(bert_patch_dir, tmp_path / "patch")
+    result = CliRunner().invoke(cli, ["apply", str(bert_model_dir), str(patch_dir), "--output", str(patch_dir), "--overwrite"])
+
+    assert result.exit_code == 1
+    assert "is the patch directory itself" in result.output
+    assert (patch_dir / "steu_patch.json").is_file()

@@ -500,3 +500,14 @@ def test_help_states_library_defaults():
     assert f"[default: {DEFAULT_LEARNING_RATE:g}]" in help_text
     assert f"[default: {DEFAULT_BATCH_SIZE}]" in help_text
     assert f"[default: {DEFAULT_TARGET_FORGET_F1:g}]" in help_text
+
+
+def test_pickle_only_model_not_loaded(tmp_path):
+    model_dir = build_classifier(tmp_path / "model")
+    model = AutoModelForSequenceClassification.from_pretrained(model_dir)
+    for path in model_dir.glob("*.safetensors"):
+        path.unlink()
+    torch.save(model.state_dict(), model_dir / "pytorch_model.bin")
+
+    with pytest.raises(FileNotFoundError, match="safetensors"):
+        load_classifier(model_dir)
