@@ -33,7 +33,7 @@ from .apply import (
     get_chain,
 )
 from .errors import ModelNotFoundError, UnsupportedModelError
-from .patch import PICKLE_SUFFIXES, ForgetPatch, TouchedValues, atomic_directory, read_touched_values
+from .patch import PICKLE_SUFFIXES, ForgetPatch, TouchedValues, atomic_directory, compute_fingerprint, read_touched_values
 
 logger = logging.getLogger(__name__)
 
@@ -155,6 +155,8 @@ def write_patched_model(
         if not force:
             check_chain_for_apply(patch, chain)
             check_fingerprint(patch, current, patch.embedding_shape, patch.dtype)
+        elif compute_fingerprint(patch.token_ids, current, patch.embedding_shape, patch.dtype) != patch.fingerprint:
+            logger.warning("Forcing patch %s onto %s, whose fingerprint differs from the patch's base.", patch.patch_id[:12], model_dir)
         values = patch.new_values()
         new_chain = chain + [chain_entry(patch)]
 
