@@ -514,6 +514,10 @@ class atomic_directory:
                 )
         self.target.parent.mkdir(parents=True, exist_ok=True)
         self.staging = Path(tempfile.mkdtemp(prefix=f".{self.target.name}.tmp-", dir=self.target.parent))
+        # mkdtemp creates the directory with mode 0700; the output gets the mode a plain mkdir would.
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(self.staging, 0o777 & ~umask)
         return self.staging
 
     def __exit__(self, exc_type, exc, traceback) -> None:
