@@ -179,7 +179,7 @@ def load_classifier(model_dir: str | os.PathLike, patch: ForgetPatch) -> tuple[A
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     try:
-        model = AutoModelForSequenceClassification.from_pretrained(model_dir, dtype=patch.dtype)
+        model = AutoModelForSequenceClassification.from_pretrained(model_dir, dtype=patch.dtype, use_safetensors=True)
     except (OSError, ValueError) as error:
         raise ModelNotFoundError(f"Failed to load the base model from {model_dir} as a sequence classifier: {error}") from error
     try:
