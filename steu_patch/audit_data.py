@@ -28,7 +28,8 @@ import numpy as np
 
 from .apply import apply_patch
 from .data import LabeledTexts, load_texts, resolve_labels, stratified_split
-from .errors import DataError, ModelNotFoundError
+from .create import load_classifier
+from .errors import DataError
 from .evaluation import compute_metrics
 from .patch import ForgetPatch
 from .probes import (
@@ -105,7 +106,7 @@ def measure_forgetting(patch: ForgetPatch, base_dir: str | os.PathLike, options:
         ModelNotFoundError: the base model or its tokenizer cannot be loaded.
         DataError / LabelError: the data cannot be read, or a portion lacks forget-class or other texts.
     """
-    model, tokenizer = load_classifier(base_dir, patch)
+    model, tokenizer = load_classifier(base_dir, head=patch.head_module)
     id2label = {int(class_id): name for class_id, name in model.config.id2label.items()}
     forget_ids = resolve_labels(patch.forget_classes, id2label)
     multi_label = getattr(model.config, "problem_type", None) == "multi_label_classification"
@@ -174,22 +175,6 @@ def _seed(options: AuditOptions, patch: ForgetPatch) -> int:
     return recorded if isinstance(recorded, int) else 0
 
 
-def load_classifier(model_dir: str | os.PathLike, patch: ForgetPatch) -> tuple[Any, Any]:
-    """Load a sequence classifier in the patch's dtype, in eval mode, with its tokenizer."""
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
-
-    try:
-        model = AutoModelForSequenceClassification.from_pretrained(model_dir, dtype=patch.dtype, use_safetensors=True)
-    except (OSError, ValueError) as error:
-        raise ModelNotFoundError(f"Failed to load the base model from {model_dir} as a sequence classifier: {error}") from error
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    except (OSError, ValueError) as error:
-        raise ModelNotFoundError(
-            f"Failed to load a tokenizer from {model_dir} ({error}); measuring on --data needs the base model's "
-            "tokenizer files next to its weights."
-        ) from error
-    return model.eval(), tokenizer
 
 
 def _max_length(options: AuditOptions, patch: ForgetPatch, tokenizer: Any, config: Any) -> int:
