@@ -57,7 +57,8 @@ class LazyGroup(click.Group):
 @click.option("-v", "--verbose", count=True, help="Log more detail to stderr (-v info, -vv debug).")
 def cli(verbose: int) -> None:
     """Class-level unlearning for Hugging Face text classifiers as small, auditable forget patches."""
-    level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
+    levels = {0: logging.WARNING, 1: logging.INFO}
+    level = levels.get(verbose, logging.DEBUG)
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
 
 
